@@ -635,8 +635,8 @@ def run(args, argv):
     class_names = DATASETS[args.dataset][1]
     figures = draw_figures(final_model, loaders[1], checkpoint["history"], class_names, args.out_dir, args.show)
     print(f"final test accuracy: {test_acc:.2f}%")
-    return {"device": str(device), "history": checkpoint["history"], "test_loss": test_loss,
-            "final_test_acc": test_acc, "checkpoint": path, "figures": figures}
+    return {"device": str(device), "model": model, "history": checkpoint["history"],
+            "test_loss": test_loss, "final_test_acc": test_acc, "checkpoint": path, "figures": figures}
 
 
 def resume(path, args, model, optimizer, generator):

@@ -1,0 +1,121 @@
+"""Training, saving, reloading and plotting, end to end on tiny data (and on real MNIST where present)."""
+
+import pytest
+import torch
+from conftest import HAS_REAL_DATA, N_TEST, REAL_DATA, lstm_mnist, metrics
+
+from lstm_mnist import RNN
+
+
+def test_train_loss_is_the_mean_per_image_actually_seen(tiny_data):
+    images, labels = lstm_mnist.load_split(tiny_data, "mnist", train=True)
+    torch.manual_seed(0)
+    model = RNN(28, 16, 2, 10)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    frozen = torch.optim.Adam(model.parameters(), lr=0.0)  # lr 0: the weights never move
+    # Three batches of 50 out of 400 images, in order, then the same 150 images tested.
+    loader = lstm_mnist.make_loader(images, labels, 50, shuffle=False, max_batches=3)
+    train_loss, train_acc, num_seen = lstm_mnist.train_one_epoch(
+        model, loader, loss_fn, frozen, lstm_mnist.contextlib.nullcontext(), 1, 1, log_interval=100)
+    test_loss, test_acc = lstm_mnist.evaluate(model, lstm_mnist.make_loader(images[:150], labels[:150], 50, False),
+                                              loss_fn)
+    assert num_seen == 150
+    assert train_loss == pytest.approx(test_loss, rel=1e-5)
+    assert train_acc == pytest.approx(test_acc)
+
+
+def test_end_to_end_run_saves_reloads_and_draws(run_main, tiny_data, tmp_path, monkeypatch, capsys):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    data_before = sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*"))
+    out_dir = tmp_path / "out"
+    result = run_main("--epochs", "2", out_dir=out_dir)
+    printed = capsys.readouterr().out.splitlines()
+
+    # The checkpoint is plain data: it loads with weights_only=True into a fresh model
+    # that predicts exactly what the trained model predicts.
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
+    fresh = lstm_mnist.build_model(checkpoint["hparams"])
+    fresh.load_state_dict(checkpoint["model"])
+    images, _ = lstm_mnist.load_split(tiny_data, "mnist", train=False)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(images), result["model"].eval()(images))
+
+    # The final line reports the reloaded model's accuracy, the last epoch's number.
+    assert printed[-1] == f"final test accuracy: {result['history'][-1]['test_acc']:.2f}%"
+    assert result["final_test_acc"] == result["history"][-1]["test_acc"]
+    assert sum(line.startswith("epoch ") for line in printed) == 2
+    assert any(line.startswith("  epoch  1/2 | batch    4/8 | loss ") for line in printed)
+    for path in result["figures"].values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Nothing written anywhere but --out-dir: no stray temp file, no data copy, no cwd file.
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "checkpoint.pt", "curves.png", "predictions.png", "scores.png"]
+    assert list(cwd.iterdir()) == []
+    assert sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*")) == data_before
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(run_main, tmp_path):
+    first = run_main("--epochs", "2", out_dir=tmp_path / "a")
+    again = run_main("--epochs", "2", out_dir=tmp_path / "b")
+    other = run_main("--epochs", "2", "--seed", "1", out_dir=tmp_path / "c")
+    assert metrics(first["history"]) == metrics(again["history"])
+    assert metrics(first["history"]) != metrics(other["history"])
+
+
+def test_resume_repeats_the_uninterrupted_run(run_main, tmp_path, capsys):
+    straight = run_main("--epochs", "3", out_dir=tmp_path / "straight")
+    run_main("--epochs", "1", out_dir=tmp_path / "split")
+    resumed = run_main("--epochs", "3", "--resume", out_dir=tmp_path / "split")
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert metrics(resumed["history"]) == metrics(straight["history"])
+    assert resumed["final_test_acc"] == straight["final_test_acc"]
+
+
+def test_eval_only_retests_the_saved_model_without_training(run_main, tmp_path, capsys):
+    trained = run_main("--epochs", "1", out_dir=tmp_path / "out")
+    for figure in trained["figures"].values():
+        figure.unlink()
+    capsys.readouterr()
+    again = run_main("--eval-only", out_dir=tmp_path / "out")
+    printed = capsys.readouterr().out
+    assert "epoch " not in printed  # no training line
+    assert again["final_test_acc"] == trained["final_test_acc"]
+    assert all(path.exists() for path in again["figures"].values())
+
+
+def test_every_lstm_flag_trains_end_to_end_and_reloads(run_main, tmp_path):
+    flags = ["--bidirectional", "--n-layer", "3", "--dropout", "0.2", "--no-bias", "--time-major"]
+    result = run_main("--epochs", "1", *flags, out_dir=tmp_path / "out")
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    assert checkpoint["hparams"] == {"hidden_dim": 16, "n_layer": 3, "dropout": 0.2, "bidirectional": True,
+                                     "bias": False, "time_major": True}
+    again = run_main("--eval-only", *flags, out_dir=tmp_path / "out")
+    assert again["final_test_acc"] == result["final_test_acc"]
+
+
+def test_fashion_mnist_uses_its_folder_and_class_names(run_main, tmp_path, capsys):
+    result = run_main("--epochs", "1", "--dataset", "fashion-mnist", out_dir=tmp_path / "out")
+    printed = capsys.readouterr().out
+    names = lstm_mnist.DATASETS["fashion-mnist"][1]
+    assert any(f"(true {name})" in printed for name in names)
+    assert torch.load(result["checkpoint"], weights_only=True)["dataset"] == "fashion-mnist"
+
+
+def test_max_batches_limits_training_and_testing(run_main, tiny_data, tmp_path, capsys):
+    run_main("--epochs", "1", "--max-batches", "2", "--log-interval", "1", out_dir=tmp_path / "out")
+    printed = capsys.readouterr().out
+    assert "batch    2/2 | loss" in printed and "batch    3/" not in printed
+    train_loader, test_loader, _ = lstm_mnist.load_data(tiny_data, "mnist", torch.device("cpu"), 50, 0, 2)
+    assert len(train_loader) == 2 and len(test_loader.dataset) == 2 * 50 < N_TEST
+
+
+@pytest.mark.skipif(not HAS_REAL_DATA, reason=f"real MNIST not found in {REAL_DATA}")
+def test_learns_real_mnist_far_above_chance(tmp_path):
+    result = lstm_mnist.main(["--device", "cpu", "--data-dir", str(REAL_DATA), "--out-dir", str(tmp_path),
+                              "--epochs", "2", "--max-batches", "100", "--log-interval", "1000"])
+    # 20,000 training images seen, tested on the first 10,000 test images; chance is 10%.
+    assert result["final_test_acc"] > 85.0
+
