@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import math
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -472,9 +473,11 @@ def load_checkpoint(path, args):
         # asks for any other Python object is refused before any of its code runs.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        if "Weights only load failed" in str(err):
-            raise RunError(f"{path} refused: it holds Python objects other than tensors and "
-                           f"plain data, which could run code; load only files this script wrote") from None
+        # The weights-only unpickler names the Python object it refused as a "GLOBAL".
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if refused:
+            raise RunError(f"{path} refused: it asks for the Python object {refused.group(1)}, which "
+                           f"could run code; load only checkpoints this script wrote") from None
         raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py")
@@ -521,7 +524,7 @@ def plot_predictions(model, images, labels, class_names, path):
         preds = model(images[:N_GRID]).argmax(dim=1).cpu()
     side = math.isqrt(N_GRID)
     fig, axes = plt.subplots(side, side, figsize=(7, 7.6))
-    for ax, image, label, pred in zip(axes.flat, images.cpu(), labels.cpu(), preds):
+    for ax, image, label, pred in zip(axes.flat, images.cpu().numpy(), labels.tolist(), preds.tolist()):
         ax.imshow(image, cmap="gray")
         ax.set_title(f"pred {class_names[pred]} / true {class_names[label]}", fontsize=9,
                      color="black" if pred == label else "red")
@@ -543,11 +546,11 @@ def plot_scores(model, image, label, class_names, path):
     probs = scores.softmax(dim=0)
     print(f"scores of test image 0 (true {class_names[label]}): {scores}")
     fig, (ax_image, ax_bars) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax_image.imshow(image.cpu(), cmap="gray")
+    ax_image.imshow(image.cpu().numpy(), cmap="gray")
     ax_image.set_title(f"test image 0: true {class_names[label]}")
     ax_image.axis("off")
     colors = ["tab:green" if i == label else "tab:blue" for i in range(len(class_names))]
-    ax_bars.bar(range(len(class_names)), probs, color=colors)
+    ax_bars.bar(range(len(class_names)), probs.tolist(), color=colors)
     ax_bars.set_xticks(range(len(class_names)), class_names, rotation=45 if len(class_names[0]) > 1 else 0)
     ax_bars.set_ylim(0, 1)
     ax_bars.set_ylabel("probability (softmax of the scores)")
