@@ -142,7 +142,8 @@ def load_split(data_dir, dataset, train):
         try:
             dataset_class(data_dir, train=train, download=True)  # fetches all four files
         except Exception as err:  # no network, a read-only folder, a server error
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            # torchvision lists each mirror it tried; the last line holds the actual error.
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             raise RunError(
                 f"{class_name} files missing in {raw_folder} and the download failed ({reason}); "
                 f"put {', '.join(all_files)} there (uncompressed) or pass --data-dir"

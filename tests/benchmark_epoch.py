@@ -99,8 +99,8 @@ class OurPipeline:
     def __init__(self, data_dir, device, seed, amp):
         self.name = "lstm_mnist --amp" if amp else "lstm_mnist fp32"
         torch.manual_seed(seed)
-        self.autocast, note = lstm_mnist.amp_context(device, amp)
-        if note:
+        self.autocast, _ = lstm_mnist.amp_context(device, amp)
+        if amp and not isinstance(self.autocast, torch.autocast):
             self.name += " (fell back to fp32)"
         self.train_loader, self.test_loader, _ = lstm_mnist.load_data(data_dir, "mnist", device, 100, seed)
         hparams = {key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS}
