@@ -102,7 +102,8 @@ class OurPipeline:
         self.autocast, _ = lstm_mnist.amp_context(device, amp)
         if amp and not isinstance(self.autocast, torch.autocast):
             self.name += " (fell back to fp32)"
-        self.train_loader, self.test_loader, _ = lstm_mnist.load_data(data_dir, "mnist", device, 100, seed)
+        loaders = lstm_mnist.load_data(data_dir, "mnist", device, 100, seed)
+        self.train_loader, self.test_loader = loaders["train"], loaders["test"]
         hparams = {key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS}
         self.model = lstm_mnist.build_model(hparams).to(device)
         self.loss_fn, self.optimizer = lstm_mnist.make_loss_and_optimizer(self.model, 1e-3)

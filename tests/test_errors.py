@@ -42,6 +42,7 @@ def fails(capsys, argv, code):
     (["--device", "tpu"], "--device"),
     (["--resume", "--eval-only"], "--eval-only"),
     (["--no-such-flag"], "--no-such-flag"),
+    (["--val-size", "-1"], "--val-size"),
 ])
 def test_bad_arguments_exit_2_with_one_line_naming_the_flag(argv, flag, capsys):
     err = fails(capsys, argv, 2)
@@ -187,6 +188,25 @@ def test_resuming_with_other_model_flags_is_refused(trained, tiny_data, capsys):
     assert "n_layer=2" in err and "n_layer=3" in err and "--n-layer" in err
 
 
+def test_resuming_with_another_recipe_is_refused(trained, tiny_data, capsys):
+    out_dir, _ = trained
+    base = [*TINY_ARGS, "--data-dir", tiny_data, "--out-dir", out_dir, "--resume", "--epochs", "2"]
+    assert "--one-cycle" in fails(capsys, [*base, "--one-cycle"], 1)
+    assert "--val-size" in fails(capsys, [*base, "--val-size", "50"], 1)
+
+
+def test_a_one_cycle_run_resumes_only_to_its_planned_length(run_main, tiny_data, tmp_path, capsys):
+    run_main("--epochs", "2", "--one-cycle", out_dir=tmp_path / "cycle")
+    argv = [*TINY_ARGS, "--data-dir", tiny_data, "--out-dir", tmp_path / "cycle", "--resume", "--one-cycle",
+            "--epochs", "4"]
+    assert "resume with --epochs 2" in fails(capsys, argv, 1)
+
+
+def test_a_validation_split_as_big_as_the_training_set_is_refused(tiny_data, tmp_path, capsys):
+    err = fails(capsys, [*TINY_ARGS, "--data-dir", tiny_data, "--out-dir", tmp_path / "out", "--val-size", "400"], 1)
+    assert "--val-size 400 leaves no training images" in err
+
+
 def test_resume_without_a_checkpoint_says_so(tiny_data, tmp_path, capsys):
     err = fails(capsys, [*TINY_ARGS, "--data-dir", tiny_data, "--out-dir", tmp_path / "new", "--resume"], 1)
     assert "no checkpoint at" in err
@@ -249,7 +269,7 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint(trained, monkeypatc
     args = lstm_mnist.parse_args(["--out-dir", str(out_dir), "--hidden-dim", "16"])
     model = lstm_mnist.RNN(28, 16, 2, 10)
     with pytest.raises(KeyboardInterrupt):
-        lstm_mnist.save_checkpoint(out_dir, model, torch.optim.Adam(model.parameters()), torch.Generator(),
+        lstm_mnist.save_checkpoint(out_dir, model, torch.optim.Adam(model.parameters()), None, torch.Generator(),
                                    args, {"epoch": 2, "history": []})
     assert path.read_bytes() == before
     assert sorted(p.name for p in out_dir.iterdir() if p.suffix == ".tmp") == []

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import HAS_REAL_DATA, N_TEST, REAL_DATA, lstm_mnist, metrics
+from conftest import HAS_REAL_DATA, N_TEST, N_TRAIN, REAL_DATA, lstm_mnist, metrics
 
 from lstm_mnist import RNN
 
@@ -108,8 +108,49 @@ def test_max_batches_limits_training_and_testing(run_main, tiny_data, tmp_path, 
     run_main("--epochs", "1", "--max-batches", "2", "--log-interval", "1", out_dir=tmp_path / "out")
     printed = capsys.readouterr().out
     assert "batch    2/2 | loss" in printed and "batch    3/" not in printed
-    train_loader, test_loader, _ = lstm_mnist.load_data(tiny_data, "mnist", torch.device("cpu"), 50, 0, 2)
-    assert len(train_loader) == 2 and len(test_loader.dataset) == 2 * 50 < N_TEST
+    loaders = lstm_mnist.load_data(tiny_data, "mnist", torch.device("cpu"), 50, 0, 2)
+    assert len(loaders["train"]) == 2 and len(loaders["test"].dataset) == 2 * 50 < N_TEST
+
+
+def test_val_size_holds_out_training_images_and_reports_on_them(run_main, tiny_data, tmp_path, capsys):
+    result = run_main("--epochs", "1", "--val-size", "100", out_dir=tmp_path / "out")
+    printed = capsys.readouterr().out.splitlines()
+    epoch_line = next(line for line in printed if line.startswith("epoch "))
+    assert "| val loss " in epoch_line and "test loss" not in epoch_line
+    assert "val_acc" in result["history"][0] and "test_acc" not in result["history"][0]
+    assert printed[-1] == f"final test accuracy: {result['final_test_acc']:.2f}%"  # the test set, once
+    loaders = lstm_mnist.load_data(tiny_data, "mnist", torch.device("cpu"), 50, 0, val_size=100)
+    assert len(loaders["train"].dataset) == N_TRAIN - 100 and len(loaders["val"].dataset) == 100
+    train_images = loaders["train"].dataset.tensors[0].flatten(1)
+    val_images = loaders["val"].dataset.tensors[0].flatten(1)
+    assert not (torch.cdist(val_images, train_images).min(dim=1).values == 0).any()  # disjoint
+
+
+def test_one_cycle_warms_up_anneals_and_resumes_exactly(run_main, tmp_path, monkeypatch):
+    straight = run_main("--epochs", "3", "--one-cycle", out_dir=tmp_path / "straight")
+    checkpoint = torch.load(straight["checkpoint"], weights_only=True)
+    lr = lstm_mnist.DEFAULTS["lr"]
+    assert checkpoint["train_settings"]["one_cycle"] is True
+    group = checkpoint["optimizer"]["param_groups"][0]
+    assert group["max_lr"] == pytest.approx(lstm_mnist.ONE_CYCLE_PEAK * lr)  # the peak it warmed up to
+    assert group["lr"] < group["max_lr"] / 100  # annealed to almost nothing by the last step
+    assert checkpoint["scheduler"]["last_epoch"] == 3 * 8  # one scheduler step per batch
+    # Interrupt a 3-epoch one-cycle run (Ctrl-C as it starts saving epoch 2), then resume it.
+    save = lstm_mnist.save_checkpoint
+
+    def interrupted_at_epoch_2(*args):
+        if args[-1]["epoch"] == 2:
+            raise KeyboardInterrupt
+        return save(*args)
+
+    monkeypatch.setattr(lstm_mnist, "save_checkpoint", interrupted_at_epoch_2)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("--epochs", "3", "--one-cycle", out_dir=tmp_path / "split")
+    assert exit_info.value.code == 130
+    monkeypatch.setattr(lstm_mnist, "save_checkpoint", save)
+    resumed = run_main("--epochs", "3", "--one-cycle", "--resume", out_dir=tmp_path / "split")
+    assert metrics(resumed["history"]) == metrics(straight["history"])
+    assert metrics(resumed["history"]) != metrics(run_main("--epochs", "3", out_dir=tmp_path / "constant")["history"])
 
 
 @pytest.mark.skipif(not HAS_REAL_DATA, reason=f"real MNIST not found in {REAL_DATA}")
