@@ -527,7 +527,9 @@ def load_checkpoint(path, args):
             raise RunError(f"{path} refused: it asks for the Python object {refused.group(1)}, which "
                            f"could run code; load only checkpoints this script wrote") from None
         raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    required = {"dataset", "hparams", "train_settings", "epoch", "history", "model", "optimizer", "scheduler", "rng"}
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT \
+            or not required <= checkpoint.keys():
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py")
     if checkpoint["dataset"] != args.dataset:
         raise RunError(f"{path} was trained on {checkpoint['dataset']}, not {args.dataset}; "

@@ -156,6 +156,13 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+def test_a_checkpoint_with_our_label_but_missing_parts_is_refused(trained, tiny_data, capsys):
+    out_dir, path = trained
+    torch.save({"format": lstm_mnist.CHECKPOINT_FORMAT, "model": {}}, path)
+    err = fails(capsys, eval_only(tiny_data, out_dir), 1)
+    assert "not a checkpoint written by lstm_mnist.py" in err
+
+
 def test_a_malicious_pickle_is_refused_and_its_code_never_runs(trained, tiny_data, tmp_path, capsys):
     out_dir, path = trained
     marker = tmp_path / "pwned"
