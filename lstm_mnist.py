@@ -744,7 +744,7 @@ def main(argv=None):
         print(f"lstm_mnist.py: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt as err:
-        print(f"lstm_mnist.py: {err or 'interrupted'}", file=sys.stderr)
+        print(f"lstm_mnist.py: {str(err) or 'interrupted'}", file=sys.stderr)
         raise SystemExit(130) from None
 
 

@@ -264,6 +264,17 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_the_same_run(tiny_
     assert metrics(torch.load(checkpoint, weights_only=True)["history"]) == metrics(straight["history"])
 
 
+def test_ctrl_c_outside_training_still_says_what_happened(run_main, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lstm_mnist, "load_split", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("--epochs", "1")
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "lstm_mnist.py: interrupted\n"
+
+
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint(trained, monkeypatch):
     out_dir, path = trained
     before = path.read_bytes()
