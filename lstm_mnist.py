@@ -534,12 +534,16 @@ def load_checkpoint(path, args):
     if checkpoint["dataset"] != args.dataset:
         raise RunError(f"{path} was trained on {checkpoint['dataset']}, not {args.dataset}; "
                        f"pass --dataset {checkpoint['dataset']}")
-    for key, flag in MODEL_FLAGS.items():
-        saved, wanted = checkpoint["hparams"].get(key), getattr(args, key)
-        if saved != wanted:
-            raise RunError(f"{path} was trained with {key}={saved}, this run asks for {key}={wanted} "
-                           f"({flag}); pass the same model flags")
+    refuse_changes(path, checkpoint["hparams"], args, MODEL_FLAGS, "pass the same model flags")
     return checkpoint
+
+
+def refuse_changes(path, saved, args, flags, advice):
+    """Raise RunError naming the first of `flags` whose value differs from the checkpoint's."""
+    for key, flag in flags.items():
+        if saved.get(key) != getattr(args, key):
+            raise RunError(f"{path} was trained with {key}={saved.get(key)}, this run asks for "
+                           f"{key}={getattr(args, key)} ({flag}); {advice}")
 
 
 def load_weights(model, checkpoint, path):
@@ -677,7 +681,7 @@ def run(args, argv):
     scheduler = make_scheduler(optimizer, args.lr, args.epochs, len(loaders["train"])) if args.one_cycle else None
     path = Path(args.out_dir) / CHECKPOINT_NAME
     state = {"epoch": 0, "history": []}
-    if args.resume or args.eval_only:
+    if args.resume:
         state = restore(path, args, model, optimizer, scheduler, loaders["generator"])
     if not args.eval_only:
         try:
@@ -696,16 +700,13 @@ def run(args, argv):
 
 
 def restore(path, args, model, optimizer, scheduler, generator):
-    """Load the checkpoint's weights (and, to resume, optimizer and random state); return the run state."""
+    """--resume: load weights, optimizer, schedule and random state; return the run state."""
     checkpoint = load_checkpoint(path, args)
     load_weights(model, checkpoint, path)
-    if args.eval_only:
-        return {"epoch": checkpoint["epoch"], "history": checkpoint["history"]}
     saved = checkpoint["train_settings"]
-    for key, flag in (("val_size", "--val-size"), ("one_cycle", "--one-cycle")):
-        if saved[key] != getattr(args, key):
-            raise RunError(f"{path} was trained with {key}={saved[key]}, this run asks for "
-                           f"{key}={getattr(args, key)} ({flag}); resume with the same {flag}")
+    # A resumed run must keep its recipe and its training images to repeat the original.
+    refuse_changes(path, saved, args, {"val_size": "--val-size", "one_cycle": "--one-cycle"},
+                   "resume with the same flags")
     if args.one_cycle and saved["epochs"] != args.epochs:
         raise RunError(f"{path} follows a one-cycle schedule planned for {saved['epochs']} epochs; "
                        f"resume with --epochs {saved['epochs']}")
