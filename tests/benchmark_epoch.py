@@ -106,15 +106,15 @@ class OurPipeline:
         self.train_loader, self.test_loader = loaders["train"], loaders["test"]
         hparams = {key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS}
         self.model = lstm_mnist.build_model(hparams).to(device)
-        self.loss_fn, self.optimizer = lstm_mnist.make_loss_and_optimizer(self.model, 1e-3)
+        self.criterion, self.optimizer = lstm_mnist.make_criterion_and_optimizer(self.model, 1e-3)
 
     def train(self, n_batches):
         self.train_loader.sampler.max_batches = n_batches
-        return lstm_mnist.train_one_epoch(self.model, self.train_loader, self.loss_fn, self.optimizer,
+        return lstm_mnist.train_one_epoch(self.model, self.train_loader, self.criterion, self.optimizer,
                                           self.autocast, 1, 1, log_interval=10**9)
 
     def test(self):
-        return lstm_mnist.evaluate(self.model, self.test_loader, self.loss_fn, self.autocast)[1]
+        return lstm_mnist.evaluate(self.model, self.test_loader, self.criterion, self.autocast)[1]
 
 
 def sync(device):

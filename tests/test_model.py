@@ -21,16 +21,16 @@ def test_logits_are_batch_by_classes_for_a_batch_of_images():
     assert model(torch.rand(5, 28, 28)).shape == (5, 10)
 
 
-@pytest.mark.parametrize("n_layer,bidirectional,time_major",
-                         list(itertools.product([1, 2, 3], [False, True], [False, True])))
-def test_state_and_output_shapes_follow_the_tutorials_table(n_layer, bidirectional, time_major, capsys):
+@pytest.mark.parametrize("n_layer,bidirectional,batch_first",
+                         list(itertools.product([1, 2, 3], [False, True], [True, False])))
+def test_state_and_output_shapes_follow_the_tutorials_table(n_layer, bidirectional, batch_first, capsys):
     batch, hidden = 7, 16
     shapes = lstm_mnist.show_shapes(hparams(hidden_dim=hidden, n_layer=n_layer, bidirectional=bidirectional,
-                                            time_major=time_major), batch)
+                                            batch_first=batch_first), batch)
     num_directions = 2 if bidirectional else 1
     state = (n_layer * num_directions, batch, hidden)  # (num_layers * num_directions, batch, hidden_size)
     assert shapes["h_0"] == shapes["c_0"] == shapes["h_n"] == shapes["c_n"] == state
-    if time_major:
+    if not batch_first:
         assert shapes["input"] == (28, batch, 28)
         assert shapes["output"] == (28, batch, num_directions * hidden)
     else:
@@ -76,10 +76,10 @@ def test_bidirectional_classifies_from_both_final_hidden_states():
     assert torch.allclose(both_final[:, 16:], output[:, 0, 16:], atol=1e-6)
 
 
-def test_time_major_layout_computes_the_same_function():
+def test_the_other_batch_first_layout_computes_the_same_function():
     torch.manual_seed(0)
     batch_first = RNN(28, 16, 2, 10).eval()
-    time_major = RNN(28, 16, 2, 10, time_major=True).eval()
+    time_major = RNN(28, 16, 2, 10, batch_first=False).eval()
     time_major.load_state_dict(batch_first.state_dict())
     images = torch.rand(3, 28, 28)
     assert torch.allclose(batch_first(images), time_major(images), atol=1e-6)

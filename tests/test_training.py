@@ -11,14 +11,14 @@ def test_train_loss_is_the_mean_per_image_actually_seen(tiny_data):
     images, labels = lstm_mnist.load_split(tiny_data, "mnist", train=True)
     torch.manual_seed(0)
     model = RNN(28, 16, 2, 10)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    criterion = torch.nn.CrossEntropyLoss()
     frozen = torch.optim.Adam(model.parameters(), lr=0.0)  # lr 0: the weights never move
     # Three batches of 50 out of 400 images, in order, then the same 150 images tested.
     loader = lstm_mnist.make_loader(images, labels, 50, shuffle=False, max_batches=3)
     train_loss, train_acc, num_seen = lstm_mnist.train_one_epoch(
-        model, loader, loss_fn, frozen, lstm_mnist.contextlib.nullcontext(), 1, 1, log_interval=100)
+        model, loader, criterion, frozen, lstm_mnist.contextlib.nullcontext(), 1, 1, log_interval=100)
     test_loss, test_acc = lstm_mnist.evaluate(model, lstm_mnist.make_loader(images[:150], labels[:150], 50, False),
-                                              loss_fn)
+                                              criterion)
     assert num_seen == 150
     assert train_loss == pytest.approx(test_loss, rel=1e-5)
     assert train_acc == pytest.approx(test_acc)
@@ -87,11 +87,11 @@ def test_eval_only_retests_the_saved_model_without_training(run_main, tmp_path, 
 
 
 def test_every_lstm_flag_trains_end_to_end_and_reloads(run_main, tmp_path):
-    flags = ["--bidirectional", "--n-layer", "3", "--dropout", "0.2", "--no-bias", "--time-major"]
+    flags = ["--bidirectional", "--n-layer", "3", "--dropout", "0.2", "--no-bias", "--no-batch-first"]
     result = run_main("--epochs", "1", *flags, out_dir=tmp_path / "out")
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
     assert checkpoint["hparams"] == {"hidden_dim": 16, "n_layer": 3, "dropout": 0.2, "bidirectional": True,
-                                     "bias": False, "time_major": True}
+                                     "bias": False, "batch_first": False}
     again = run_main("--eval-only", *flags, out_dir=tmp_path / "out")
     assert again["final_test_acc"] == result["final_test_acc"]
 
@@ -160,3 +160,47 @@ def test_learns_real_mnist_far_above_chance(tmp_path):
     # 20,000 training images seen, tested on the first 10,000 test images; chance is 10%.
     assert result["final_test_acc"] > 85.0
 
+
+
+def test_evaluate_switches_dropout_off_itself():
+    torch.manual_seed(0)
+    model = RNN(28, 16, 2, 10, dropout=0.5)
+    images, labels = torch.rand(60, 28, 28), torch.randint(0, 10, (60,))
+    loader = lstm_mnist.make_loader(images, labels, 20, shuffle=False)
+    criterion = torch.nn.CrossEntropyLoss()
+    model.train()  # as training leaves it: dropout on
+    first = lstm_mnist.evaluate(model, loader, criterion)
+    model.train()
+    assert lstm_mnist.evaluate(model, loader, criterion) == first  # no random dropout at test time
+    with torch.no_grad():
+        expected = criterion(model.eval()(images), labels).item()
+    assert first[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_final_test_prints_the_tutorials_lines_and_a_loss(run_main, capsys):
+    result = run_main("--epochs", "1")
+    printed = capsys.readouterr().out.splitlines()
+    assert "Final Test" in printed
+    assert f"final test loss: {result['test_loss']:.4f}" in printed
+    assert printed.index("Final Test") < printed.index(f"final test loss: {result['test_loss']:.4f}")
+    assert printed[-1] == f"final test accuracy: {result['final_test_acc']:.2f}%"
+
+
+def test_the_checkpoint_loads_by_hand_the_tutorials_way(run_main, tiny_data):
+    result = run_main("--epochs", "1")
+    # As the comment in section 6 shows a learner: the weights are under "model".
+    model = RNN(28, 16, 2, 10)
+    model.load_state_dict(torch.load(result["checkpoint"], weights_only=True)["model"])
+    images, _ = lstm_mnist.load_split(tiny_data, "mnist", train=False)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images), result["model"].eval()(images))
+
+
+def test_a_checkpoint_from_before_no_batch_first_still_reloads(run_main, tmp_path):
+    out_dir = tmp_path / "old"
+    trained = run_main("--epochs", "1", out_dir=out_dir)
+    checkpoint = torch.load(trained["checkpoint"], weights_only=True)
+    checkpoint["hparams"]["time_major"] = not checkpoint["hparams"].pop("batch_first")  # the old key
+    torch.save(checkpoint, trained["checkpoint"])
+    again = run_main("--eval-only", out_dir=out_dir)
+    assert again["final_test_acc"] == trained["final_test_acc"]
