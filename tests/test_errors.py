@@ -43,6 +43,10 @@ def fails(capsys, argv, code):
     (["--resume", "--eval-only"], "--eval-only"),
     (["--no-such-flag"], "--no-such-flag"),
     (["--val-size", "-1"], "--val-size"),
+    (["--recipe", "fastest"], "--recipe"),
+    (["--weight-decay", "-0.1"], "--weight-decay"),
+    (["--label-smoothing", "1"], "--label-smoothing"),
+    (["--ema", "1.5"], "--ema"),
 ])
 def test_bad_arguments_exit_2_with_one_line_naming_the_flag(argv, flag, capsys):
     err = fails(capsys, argv, 2)
