@@ -642,8 +642,9 @@ def prepare_run(args, device):
     """Print the device and the config, check --out-dir, tune the CPU; return amp_context's Precision."""
     precision = amp_context(device, args.amp)
     print(f"device: {device}" + (f" ({precision.label})" if precision.label else ""))
-    if precision.note:
-        print(precision.note)
+    for line in [precision.note, *mps_warnings(device, args)]:
+        if line:
+            print(line)
     print("config: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
     check_out_dir(args.out_dir)
     keep_cpu_buffers()
@@ -732,6 +733,28 @@ def dtype_name(dtype):
 def cpu_has(probe):
     """Ask one of torch.cpu's feature probes (absent from older torch releases: then no)."""
     return bool(getattr(torch.cpu, probe, lambda: False)())
+
+
+# --- Apple GPUs: known nn.LSTM bugs on MPS -------------------------------------------
+
+
+def mps_warnings(device, args):
+    """One line for each known nn.LSTM bug on Apple's GPUs (MPS) that this run's settings meet.
+
+    Dropout between layers (--n-layer 2 or more, --dropout above 0) has had one silent bug
+    after another on MPS: pytorch/pytorch #180744 (evaluation could reuse the training
+    graph and still drop units, so results depended on the batch size; fixed April 2026),
+    the fix #185351 (the same dropout mask at every step; May 2026) and #190056 (backward
+    ignored the mask; reported on torch 2.13.0 in July 2026). No release is known to be
+    free of them, so the warning does not look at the torch version. The older reports of
+    wrong results, #90421 and #94754 (--bidirectional, fixed by #95563 in February 2023),
+    are closed, and none of them names a torch of 2.4 or later (this file's oldest).
+    """
+    lines = []
+    if device.type == "mps" and args.n_layer >= 2 and args.dropout > 0:
+        lines.append("warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
+                     "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0")
+    return lines
 
 
 def keep_cpu_buffers():

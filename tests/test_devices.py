@@ -164,3 +164,28 @@ def test_the_loss_scale_is_saved_and_resumed(run_main, monkeypatch, tmp_path):
 def test_checkpoints_without_amp_record_the_scaler_as_off(run_main, tmp_path):
     result = run_main("--epochs", "1", out_dir=tmp_path / "out")
     assert torch.load(result["checkpoint"], weights_only=True)["scaler"] == {}
+
+
+# --- Apple GPUs (MPS) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device, flags, warned", [
+    ("mps", ["--dropout", "0.2"], True),  # 2 layers by default
+    ("mps", ["--n-layer", "3", "--dropout", "0.5", "--bidirectional"], True),
+    ("mps", [], False),  # the tutorial's settings: no dropout
+    ("mps", ["--bidirectional", "--n-layer", "3"], False),
+    ("cpu", ["--dropout", "0.2"], False),
+    ("cuda", ["--dropout", "0.2"], False),
+])
+def test_the_mps_warning_names_the_lstm_dropout_bugs_where_they_apply(device, flags, warned):
+    lines = lstm_mnist.mps_warnings(torch.device(device), lstm_mnist.parse_args(flags))
+    assert len(lines) == int(warned)
+    if warned:
+        assert lines[0].startswith("warning: ") and "#180744" in lines[0] and "--device cpu" in lines[0]
+
+
+def test_the_mps_warning_is_printed_after_the_device_line(tmp_path, capsys):
+    args = lstm_mnist.parse_args(["--dropout", "0.2", "--out-dir", str(tmp_path)])
+    lstm_mnist.prepare_run(args, torch.device("mps"))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "device: mps" and printed[1].startswith("warning: nn.LSTM's dropout")
