@@ -612,7 +612,7 @@ def run(args, argv):
 
 def main(argv=None):
     """Run the whole pipeline with the command-line arguments in `argv`; return the results."""
-    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    argv = command_line(argv)  # sys.argv[1:] by default ([] in a Jupyter notebook)
     args = parse_args(argv)
     try:
         return run(args, argv)
@@ -1052,6 +1052,36 @@ def build_parser():
                            help="skip training: reload the checkpoint in --out-dir, test it, draw the figures")
     run_group.add_argument("--show", action="store_true", help="also open the figures in windows")
     return parser
+
+
+def command_line(argv):
+    """The arguments to parse: `argv` if given, else sys.argv[1:], except in a Jupyter kernel.
+
+    In Jupyter or Colab, sys.argv is the kernel's own command line (for example
+    ['.../ipykernel_launcher.py', '-f', '.../kernel-1234.json']), which is not ours:
+    `import lstm_mnist; lstm_mnist.main()` then runs with the defaults. `%run lstm_mnist.py
+    --epochs 1` still passes its flags, because %run sets sys.argv to the script's.
+    """
+    if argv is not None:
+        return [str(arg) for arg in argv]
+    if "ipykernel" in sys.modules and is_kernel_command_line(sys.argv):
+        print("note: in a notebook main() ignores the kernel's command line and runs with the defaults; "
+              "pass flags as main(['--epochs', '1'])")
+        return []
+    return sys.argv[1:]
+
+
+def is_kernel_command_line(argv):
+    """True for a Jupyter kernel's sys.argv, False for a script's (under %run too)."""
+    if argv and Path(argv[0]).name.endswith("kernel_launcher.py"):  # ipykernel_launcher.py, colab_kernel_launcher.py
+        return True
+    # Other launchers still hand the kernel its connection file: `-f x.json` or `--f=x.json`.
+    for flag, value in zip(argv[1:], [*argv[2:], ""]):
+        if flag in ("-f", "--f") and value.endswith(".json"):
+            return True
+        if flag.startswith(("-f=", "--f=")) and flag.endswith(".json"):
+            return True
+    return False
 
 
 def parse_args(argv=None):

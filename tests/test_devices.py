@@ -189,3 +189,42 @@ def test_the_mps_warning_is_printed_after_the_device_line(tmp_path, capsys):
     lstm_mnist.prepare_run(args, torch.device("mps"))
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "device: mps" and printed[1].startswith("warning: nn.LSTM's dropout")
+
+
+# --- Notebooks (Jupyter, Colab) -----------------------------------------------------------
+
+
+@pytest.fixture
+def in_a_notebook(monkeypatch):
+    """sys.modules holds ipykernel, as in every Jupyter or Colab kernel."""
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+
+
+@pytest.mark.parametrize("argv", [
+    KERNEL_ARGV,
+    ["/usr/local/lib/python3.12/dist-packages/colab_kernel_launcher.py", "-f", "/root/kernel-2.json"],
+    ["/home/me/.venv/lib/python3.12/site-packages/ipykernel_launcher.py", "--f=/run/user/kernel-v3.json"],
+])
+def test_in_a_notebook_the_kernels_arguments_are_not_parsed(in_a_notebook, monkeypatch, capsys, argv):
+    monkeypatch.setattr(sys, "argv", argv)
+    assert lstm_mnist.command_line(None) == []
+    assert "main(['--epochs', '1'])" in capsys.readouterr().out
+
+
+def test_percent_run_in_a_notebook_still_passes_its_flags(in_a_notebook, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lstm_mnist.py", "--epochs", "1", "--device", "cpu"])  # what %run sets
+    assert lstm_mnist.command_line(None) == ["--epochs", "1", "--device", "cpu"]
+
+
+def test_outside_a_notebook_sys_argv_is_parsed_as_before(monkeypatch):
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    monkeypatch.setattr(sys, "argv", ["lstm_mnist.py", "--epochs", "3"])
+    assert lstm_mnist.command_line(None) == ["--epochs", "3"]
+    assert lstm_mnist.command_line(["--lr", 0.01]) == ["--lr", "0.01"]  # explicit arguments win everywhere
+
+
+def test_main_in_a_notebook_runs_with_the_defaults_instead_of_a_usage_error(in_a_notebook, monkeypatch):
+    monkeypatch.setattr(sys, "argv", KERNEL_ARGV)
+    monkeypatch.setattr(lstm_mnist, "run", lambda args, argv: {"args": args, "argv": argv})
+    result = lstm_mnist.main()  # before: SystemExit(2), "unrecognized arguments: -f ..."
+    assert result["argv"] == [] and vars(result["args"]) == vars(lstm_mnist.parse_args([]))
