@@ -228,3 +228,29 @@ def test_main_in_a_notebook_runs_with_the_defaults_instead_of_a_usage_error(in_a
     monkeypatch.setattr(lstm_mnist, "run", lambda args, argv: {"args": args, "argv": argv})
     result = lstm_mnist.main()  # before: SystemExit(2), "unrecognized arguments: -f ..."
     assert result["argv"] == [] and vars(result["args"]) == vars(lstm_mnist.parse_args([]))
+
+
+# --- The device check script ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
+                    reason="an accelerator is present: the script would train on it")
+def test_the_device_check_says_there_is_no_accelerator_and_exits_0():
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "device_check.py")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "no accelerator present (CUDA or MPS); nothing to check\n"
+
+
+def test_the_device_check_table_runs_end_to_end_on_the_cpu(tiny_data, monkeypatch, capsys):
+    """Its code path, with the CPU standing in for the GPU: tiny data, so no accuracy bar."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import device_check
+
+    monkeypatch.setattr(device_check, "accelerator", lambda: torch.device("cpu"))
+    monkeypatch.setattr(device_check, "describe", lambda device: "GPU: none, the CPU stands in")
+    monkeypatch.setattr(device_check, "MIN_ACC", 0.0)
+    assert device_check.main(["--data-dir", str(tiny_data)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    table = [line for line in printed if line.startswith("| float32") or line.startswith("| --amp")]
+    assert len(table) == 2 and "| float32 | float32 | float32 |" in table[0]
+    assert printed[-1] == "ok: every run reached 0% test accuracy after one epoch"
