@@ -412,7 +412,7 @@ def fit(model, loaders, criterion, optimizer, scheduler, autocast, args, state, 
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                f"{split}_loss": eval_loss, f"{split}_acc": eval_acc, "seconds": seconds}
         save_checkpoint(args.out_dir, model, optimizer, scheduler, loaders["generator"], args,
-                        {"epoch": epoch, "history": [*state["history"], row]}, scaler)
+                        {"epoch": epoch, "history": [*state["history"], row]}, scaler=scaler)
         state["epoch"] = epoch  # only once the checkpoint of this epoch is safely on disk
         state["history"].append(row)
 
