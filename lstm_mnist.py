@@ -27,6 +27,7 @@ resume, the command line). `python lstm_mnist.py --help` lists every flag.
 # skip, at the end of the file.
 
 import argparse
+import collections
 import contextlib
 import ctypes
 import math
@@ -69,7 +70,7 @@ DEFAULTS = {
     "seed": 0,  # seeds the weights, the data order and dropout
     "log_interval": 100,  # print the running loss every this many training batches
     "max_batches": None,  # stop each epoch after this many batches (None = whole epoch)
-    "amp": False,  # bfloat16 autocast (mixed precision) where the device supports it
+    "amp": False,  # mixed precision: bfloat16 or float16 autocast where the device gains from it
     # Opt-in changes of recipe, off by default so the numbers stay the tutorial's.
     "recipe": "tutorial",  # a preset of the flags below: tutorial, fast or best (RECIPES)
     "val_size": 0,  # hold out this many training images and report on them each epoch
@@ -397,12 +398,16 @@ def make_ema(model, decay):
 
 
 def train_one_epoch(model, loader, criterion, optimizer, autocast, epoch, epochs, log_interval, scheduler=None,
-                    augment=False, ema=None):
+                    augment=False, ema=None, scaler=None):
     """One pass over `loader`; returns (train_loss per image, train_acc in %, images seen).
 
     With a `scheduler` (--one-cycle) the gradients are clipped and the lr moves every step;
     with `augment` each batch is warped at random; with an `ema` it follows every step.
+    `scaler` (a torch.amp.GradScaler) matters only for --amp in float16 on a GPU; elsewhere
+    it is disabled, and scaler.scale(loss).backward() is loss.backward(), scaler.step(optimizer)
+    is optimizer.step().
     """
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
     model.train()  # dropout on, if any
     device = next(model.parameters()).device
     # Sums stay on the device: reading them (.item()) would wait for the GPU every batch.
@@ -416,10 +421,15 @@ def train_one_epoch(model, loader, criterion, optimizer, autocast, epoch, epochs
             out = model(images)  # (batch, 10) scores
         loss = criterion(out.float(), labels)  # mean over the batch, in float32
         optimizer.zero_grad()
-        loss.backward()
+        # With --amp in float16 (GPUs), gradients below ~6e-8 would round to zero, so backward()
+        # runs on the loss scaled up (by 65536 at first) and the step divides the gradients by
+        # the same factor. Everywhere else the scaler is off and changes nothing.
+        scaler.scale(loss).backward()  # loss.backward()
         if scheduler:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
-        optimizer.step()
+        scaler.step(optimizer)  # optimizer.step(), skipped if a scaled gradient overflowed
+        scaler.update()  # after an overflow, a smaller scale
         if scheduler:
             scheduler.step()
         if ema:
@@ -453,7 +463,7 @@ def evaluate(model, loader, criterion, autocast=contextlib.nullcontext()):
     return eval_loss, eval_acc
 
 
-def fit(model, loaders, criterion, optimizer, scheduler, ema, autocast, args, state):
+def fit(model, loaders, criterion, optimizer, scheduler, ema, autocast, args, state, scaler=None):
     """Train from epoch state['epoch'] + 1 to args.epochs, evaluating and saving after each."""
     split = "val" if loaders["val"] else "test"  # what each epoch is measured on
     tested = ema.module if ema else model  # with --ema, the averaged weights are the result
@@ -461,7 +471,7 @@ def fit(model, loaders, criterion, optimizer, scheduler, ema, autocast, args, st
         start = time.perf_counter()
         train_loss, train_acc, num_seen = train_one_epoch(
             model, loaders["train"], criterion, optimizer, autocast, epoch, args.epochs, args.log_interval, scheduler,
-            args.augment, ema,
+            args.augment, ema, scaler,
         )
         train_seconds = time.perf_counter() - start
         eval_loss, eval_acc = evaluate(tested, loaders[split], criterion, autocast)
@@ -473,7 +483,7 @@ def fit(model, loaders, criterion, optimizer, scheduler, ema, autocast, args, st
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                f"{split}_loss": eval_loss, f"{split}_acc": eval_acc, "seconds": seconds}
         save_checkpoint(args.out_dir, model, optimizer, scheduler, loaders["generator"], args,
-                        {"epoch": epoch, "history": [*state["history"], row]}, ema)
+                        {"epoch": epoch, "history": [*state["history"], row]}, ema, scaler)
         state["epoch"] = epoch  # only once the checkpoint of this epoch is safely on disk
         state["history"].append(row)
 
@@ -497,13 +507,14 @@ def model_hparams(args):
     return {key: getattr(args, key) for key in MODEL_FLAGS}
 
 
-def save_checkpoint(out_dir, model, optimizer, scheduler, generator, args, state, ema=None):
+def save_checkpoint(out_dir, model, optimizer, scheduler, generator, args, state, ema=None, scaler=None):
     checkpoint = {
         "model": (ema.module if ema else model).state_dict(),  # what the tutorial saves (with --ema, the average)
         "trained_weights": model.state_dict() if ema else None,  # --ema: the weights training goes on from
         "ema_updates": int(ema.n_averaged) if ema else 0,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler else None,
+        "scaler": scaler.state_dict() if scaler else None,  # --amp float16's loss scale ({} when off)
         "epoch": state["epoch"],
         "history": state["history"],
         "hparams": model_hparams(args),
@@ -643,7 +654,7 @@ def run(args, argv):
         return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
     # 1. 超參設定: the flags, the device, the seed.
     device = pick_device(args.device)
-    autocast = prepare_run(args, device)  # prints device and config, checks --out-dir
+    precision = prepare_run(args, device)  # prints device and config, checks --out-dir; --amp's settings
     torch.manual_seed(args.seed)  # the initial weights and dropout
     # 2. MINST數據集匯入
     loaders = load_data(args.data_dir, args.dataset, device, args.batch_size, args.seed, args.max_batches,
@@ -657,13 +668,14 @@ def run(args, argv):
     path = Path(args.out_dir) / CHECKPOINT_NAME
     state = {"epoch": 0, "history": []}
     if args.resume:
-        state = restore(path, args, model, optimizer, scheduler, ema, loaders["generator"])
+        state = restore(path, args, model, optimizer, scheduler, ema, loaders["generator"], precision.scaler)
     if not args.eval_only:
         with explain_interrupt(state, path, argv):
-            fit(model, loaders, criterion, optimizer, scheduler, ema, autocast, args, state)
+            fit(model, loaders, criterion, optimizer, scheduler, ema, precision.autocast, args, state,
+                precision.scaler)
     # 7. 最終效能測試: a fresh model, the saved weights, the test set
     final_model, checkpoint, test_loss, test_acc = final_test(path, args, device, loaders["test"], criterion,
-                                                               autocast)
+                                                               precision.autocast)
     # 8. 提取一個範例進行直觀認識
     figures = draw_figures(final_model, loaders["test"], checkpoint["history"], DATASETS[args.dataset][1],
                            args.out_dir, args.show)
@@ -674,7 +686,7 @@ def run(args, argv):
 
 def main(argv=None):
     """Run the whole pipeline with the command-line arguments in `argv`; return the results."""
-    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    argv = command_line(argv)  # sys.argv[1:] by default ([] in a Jupyter notebook)
     args = parse_args(argv)
     try:
         return run(args, argv)
@@ -701,15 +713,16 @@ class RunError(Exception):
 
 
 def prepare_run(args, device):
-    """Print the device and the config, check --out-dir, tune the CPU; return the autocast context."""
-    autocast, amp_note = amp_context(device, args.amp)
-    print(f"device: {device}" + (" (bfloat16 autocast)" if isinstance(autocast, torch.autocast) else ""))
-    if amp_note:
-        print(amp_note)
+    """Print the device and the config, check --out-dir, tune the CPU; return amp_context's Precision."""
+    precision = amp_context(device, args.amp)
+    print(f"device: {device}" + (f" ({precision.label})" if precision.label else ""))
+    for line in [precision.note, *mps_warnings(device, args)]:
+        if line:
+            print(line)
     print("config: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
     check_out_dir(args.out_dir)
     keep_cpu_buffers()
-    return autocast
+    return precision
 
 
 def check_out_dir(out_dir):
@@ -722,25 +735,100 @@ def check_out_dir(out_dir):
         raise RunError(f"cannot write to --out-dir {out_dir}: {err.strerror or err}") from None
 
 
+# --- Mixed precision (--amp): which dtype, and whether gradients need scaling ----------
+
+# What --amp means for a run. autocast: a context the forward pass runs in; scaler: a
+# torch.amp.GradScaler, enabled only where something computes in float16; label: the
+# words after the device on the "device:" line; note: one more line to print, or None.
+Precision = collections.namedtuple("Precision", "autocast scaler label note")
+
+
 def amp_context(device, amp):
-    """bfloat16 autocast for --amp where the device runs it, else a context that does nothing."""
+    """--amp: autocast where the device gains from it, a loss scaler where float16 needs one."""
+    no_scaling = torch.amp.GradScaler(device.type, enabled=False)  # scale(), step() ... do the plain thing
     if not amp:
-        return contextlib.nullcontext(), None
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16), None
+        return Precision(contextlib.nullcontext(), no_scaling, None, None)
+    if device.type == "cuda":
+        return cuda_amp(device)
     if device.type == "cpu" and cpu_has("_is_avx512_bf16_supported"):
         note = None
         if not cpu_has("_is_amx_tile_supported"):
             # Measured on a 2-core Xeon with AVX512-BF16 but no AMX: oneDNN's bfloat16
             # LSTM takes 31 ms per batch of 100 where float32 takes 20 ms.
             note = "--amp: this CPU has no AMX units; bfloat16 may train slower than float32 here"
-        return torch.autocast("cpu", dtype=torch.bfloat16), note
-    return contextlib.nullcontext(), f"--amp: no bfloat16 support on {device.type} here; training in float32"
+        # bfloat16 keeps float32's exponent range, so gradients need no scaling.
+        return Precision(torch.autocast("cpu", dtype=torch.bfloat16), no_scaling, "bfloat16 autocast", note)
+    return Precision(contextlib.nullcontext(), no_scaling, None,
+                     f"--amp: no bfloat16 support on {device.type} here; training in float32")
+
+
+def cuda_amp(device):
+    """--amp on an NVIDIA GPU: bfloat16 where the GPU computes in it, else float16; scaled gradients if needed.
+
+    Ampere (compute capability 8.0) and newer GPUs have bfloat16 arithmetic. Older ones
+    (Colab's T4, a V100) only emulate it, slower than float32, but they have fast float16,
+    whose narrow range needs the loss scaled up before backward() so that small gradients
+    do not round to zero.
+    """
+    dtype = torch.bfloat16 if cuda_has_native_bf16() else torch.float16
+    autocast = torch.autocast("cuda", dtype=dtype)
+    # PyTorch's autocast wrapper for cuDNN's RNNs (aten/src/ATen/cudnn/AutocastRNN.cpp,
+    # still so in 2.14.1) casts the LSTM to float16 whatever dtype autocast was asked for.
+    # So ask the device what the LSTM really computes in, and scale the gradients whenever
+    # anything runs in float16.
+    lstm_dtype = lstm_dtype_under(autocast, device)
+    scaled = torch.float16 in (dtype, lstm_dtype)
+    label = (f"autocast {dtype_name(dtype)}" + (" with gradient scaling" if scaled else "")
+             + f"; the LSTM runs in {dtype_name(lstm_dtype)}")
+    return Precision(autocast, torch.amp.GradScaler("cuda", enabled=scaled), label, None)
+
+
+def cuda_has_native_bf16():
+    """True on GPUs with bfloat16 arithmetic; False where bfloat16 is only emulated (T4, V100)."""
+    try:
+        # Without the keyword the answer counts emulation, so a T4 or a V100 says yes.
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch from before the keyword: ask the compute capability, as it does
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
+def lstm_dtype_under(autocast, device):
+    """The dtype a small nn.LSTM on `device` computes in under `autocast` (runs it once)."""
+    lstm = nn.LSTM(IN_DIM, 8, batch_first=True).to(device)
+    with autocast, torch.no_grad():
+        output, _ = lstm(torch.zeros(1, SEQ_LEN, IN_DIM, device=device))
+    return output.dtype
+
+
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")  # torch.float16 -> float16
 
 
 def cpu_has(probe):
     """Ask one of torch.cpu's feature probes (absent from older torch releases: then no)."""
     return bool(getattr(torch.cpu, probe, lambda: False)())
+
+
+# --- Apple GPUs: known nn.LSTM bugs on MPS -------------------------------------------
+
+
+def mps_warnings(device, args):
+    """One line for each known nn.LSTM bug on Apple's GPUs (MPS) that this run's settings meet.
+
+    Dropout between layers (--n-layer 2 or more, --dropout above 0) has had one silent bug
+    after another on MPS: pytorch/pytorch #180744 (evaluation could reuse the training
+    graph and still drop units, so results depended on the batch size; fixed April 2026),
+    the fix #185351 (the same dropout mask at every step; May 2026) and #190056 (backward
+    ignored the mask; reported on torch 2.13.0 in July 2026). No release is known to be
+    free of them, so the warning does not look at the torch version. The older reports of
+    wrong results, #90421 and #94754 (--bidirectional, fixed by #95563 in February 2023),
+    are closed, and none of them names a torch of 2.4 or later (this file's oldest).
+    """
+    lines = []
+    if device.type == "mps" and args.n_layer >= 2 and args.dropout > 0:
+        lines.append("warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
+                     "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0")
+    return lines
 
 
 def keep_cpu_buffers():
@@ -897,8 +985,8 @@ def load_weights(model, checkpoint, path):
 # --- Resume and interrupts ------------------------------------------------------------
 
 
-def restore(path, args, model, optimizer, scheduler, ema, generator):
-    """--resume: load weights, optimizer, schedule and random state; return the run state."""
+def restore(path, args, model, optimizer, scheduler, ema, generator, scaler=None):
+    """--resume: load weights, optimizer, schedule, loss scale and random state; return the run state."""
     checkpoint = load_checkpoint(path, args)
     # Checkpoints written before a flag existed were trained with its default.
     saved = {**{key: DEFAULTS[key] for key in TRAIN_FLAGS}, **checkpoint["train_settings"]}
@@ -914,6 +1002,8 @@ def restore(path, args, model, optimizer, scheduler, ema, generator):
     optimizer.load_state_dict(checkpoint["optimizer"])
     if scheduler:
         scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler and scaler.is_enabled() and checkpoint.get("scaler"):  # absent before --amp scaled, empty when off
+        scaler.load_state_dict(checkpoint["scaler"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
     generator.set_state(checkpoint["rng"]["data_order"])
     if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
@@ -1034,8 +1124,9 @@ def build_parser():
                            help="stop each epoch after N batches and test on the first N batches' worth "
                                 "of test images, for a quick look (default: whole epochs)")
     run_group.add_argument("--amp", action="store_true", default=d["amp"],
-                           help="bfloat16 autocast (mixed precision) on CUDA and on CPUs with bfloat16 "
-                                "instructions (default: off, float32)")
+                           help="mixed precision: on NVIDIA GPUs bfloat16 autocast where the GPU has bfloat16 "
+                                "arithmetic, else float16, with gradient scaling wherever float16 runs; on CPUs "
+                                "with bfloat16 instructions bfloat16 autocast (default: off, float32)")
     run_group.add_argument("--resume", action="store_true",
                            help="continue from the checkpoint in --out-dir up to --epochs")
     run_group.add_argument("--eval-only", action="store_true",
@@ -1071,6 +1162,36 @@ def recipe_flags(name):
         flag = "--" + key.replace("_", "-")
         flags.append(flag if value is True else f"{flag} {value:g}")
     return " ".join(flags)
+
+
+def command_line(argv):
+    """The arguments to parse: `argv` if given, else sys.argv[1:], except in a Jupyter kernel.
+
+    In Jupyter or Colab, sys.argv is the kernel's own command line (for example
+    ['.../ipykernel_launcher.py', '-f', '.../kernel-1234.json']), which is not ours:
+    `import lstm_mnist; lstm_mnist.main()` then runs with the defaults. `%run lstm_mnist.py
+    --epochs 1` still passes its flags, because %run sets sys.argv to the script's.
+    """
+    if argv is not None:
+        return [str(arg) for arg in argv]
+    if "ipykernel" in sys.modules and is_kernel_command_line(sys.argv):
+        print("note: in a notebook main() ignores the kernel's command line and runs with the defaults; "
+              "pass flags as main(['--epochs', '1'])")
+        return []
+    return sys.argv[1:]
+
+
+def is_kernel_command_line(argv):
+    """True for a Jupyter kernel's sys.argv, False for a script's (under %run too)."""
+    if argv and Path(argv[0]).name.endswith("kernel_launcher.py"):  # ipykernel_launcher.py, colab_kernel_launcher.py
+        return True
+    # Other launchers still hand the kernel its connection file: `-f x.json` or `--f=x.json`.
+    for flag, value in zip(argv[1:], [*argv[2:], ""]):
+        if flag in ("-f", "--f") and value.endswith(".json"):
+            return True
+        if flag.startswith(("-f=", "--f=")) and flag.endswith(".json"):
+            return True
+    return False
 
 
 def parse_args(argv=None):

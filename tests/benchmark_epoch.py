@@ -9,7 +9,7 @@ of the machine hits all of them), then extrapolates to a whole epoch of 600 batc
 - tutorial: torchvision MNIST + ToTensor + DataLoader(batch 100, shuffle), fp32, the
   tutorial's loop (a loss.item() per batch), test in batches of 100 under no_grad;
 - lstm_mnist fp32: the script's in-memory loaders and its train/evaluate functions;
-- lstm_mnist --amp: the same under bfloat16 autocast (where the device supports it).
+- lstm_mnist --amp: the same under --amp's autocast (bfloat16 on CPUs that have it; see amp_context).
 All rows share one process, so they share its memory allocator settings (lstm_mnist's
 keep_cpu_buffers() is applied to the whole process, tutorial included, unless
 --default-allocator is given) and the peak memory column includes the data sets that
@@ -98,10 +98,11 @@ class TutorialPipeline:
 class OurPipeline:
     def __init__(self, data_dir, device, seed, amp):
         self.name = "lstm_mnist --amp" if amp else "lstm_mnist fp32"
-        torch.manual_seed(seed)
-        self.autocast, _ = lstm_mnist.amp_context(device, amp)
+        precision = lstm_mnist.amp_context(device, amp)  # on a GPU it runs a small LSTM: before seeding
+        self.autocast, self.scaler = precision.autocast, precision.scaler
         if amp and not isinstance(self.autocast, torch.autocast):
             self.name += " (fell back to fp32)"
+        torch.manual_seed(seed)
         loaders = lstm_mnist.load_data(data_dir, "mnist", device, 100, seed)
         self.train_loader, self.test_loader = loaders["train"], loaders["test"]
         hparams = {key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS}
@@ -111,7 +112,7 @@ class OurPipeline:
     def train(self, n_batches):
         self.train_loader.sampler.max_batches = n_batches
         return lstm_mnist.train_one_epoch(self.model, self.train_loader, self.criterion, self.optimizer,
-                                          self.autocast, 1, 1, log_interval=10**9)
+                                          self.autocast, 1, 1, log_interval=10**9, scaler=self.scaler)
 
     def test(self):
         return lstm_mnist.evaluate(self.model, self.test_loader, self.criterion, self.autocast)[1]

@@ -138,10 +138,10 @@ def test_one_cycle_warms_up_anneals_and_resumes_exactly(run_main, tmp_path, monk
     # Interrupt a 3-epoch one-cycle run (Ctrl-C as it starts saving epoch 2), then resume it.
     save = lstm_mnist.save_checkpoint
 
-    def interrupted_at_epoch_2(*args):
+    def interrupted_at_epoch_2(*args, **kwargs):
         if args[-1]["epoch"] == 2:
             raise KeyboardInterrupt
-        return save(*args)
+        return save(*args, **kwargs)
 
     monkeypatch.setattr(lstm_mnist, "save_checkpoint", interrupted_at_epoch_2)
     with pytest.raises(SystemExit) as exit_info:
