@@ -86,7 +86,7 @@ DEFAULTS = {
 # recipe table shows what each change buys.
 RECIPES = {
     "tutorial": {},  # the tutorial's own recipe: the defaults above
-    "fast": {"epochs": 3, "batch_size": 50, "one_cycle": True},  # 99.0% in 3 epochs
+    "fast": {"epochs": 3, "batch_size": 50, "one_cycle": True, "ema": 0.998},  # 99.0% in 3 epochs
     "best": {"epochs": 15, "one_cycle": True, "weight_decay": 0.05, "label_smoothing": 0.1,
              "augment": True, "ema": 0.999},  # 99.3% and up, same 2x128 model
 }
@@ -372,9 +372,9 @@ def make_criterion_and_optimizer(model, lr, weight_decay=0.0, label_smoothing=0.
 def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
     """--one-cycle: the learning rate warms up to ONE_CYCLE_PEAK * lr, then anneals to ~0.
 
-    Not the tutorial's recipe (a constant lr): an opt-in change that reaches 99% in
-    fewer epochs. Chosen on a 5,000-image validation split (--val-size 5000): with
-    --epochs 8 it passed 99.0% there at epoch 6; the constant lr took 12 epochs.
+    Not the tutorial's recipe (a constant lr): an opt-in change, the base of both
+    --recipe fast and best. Warming up lets a 5x higher rate be used without the first
+    steps blowing up, and annealing to ~0 lets the weights settle at the end.
     """
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=ONE_CYCLE_PEAK * lr,
                                                total_steps=epochs * steps_per_epoch)
