@@ -302,6 +302,69 @@ def show_shapes(hparams, batch_size):
     return {name: tuple(tensor.shape) for name, tensor, _ in rows}
 
 
+# --- Inside the "A" unit: one LSTM step written out by hand --------------------------
+# The tutorial says an LSTM is built like an RNN, one "A" unit applied to every row,
+# but that A differs inside. These two functions open it: they compute what nn.LSTM
+# computes, from nn.LSTM's own parameters, so the figures in section 8 can show the
+# gates at work. They are for eval mode: nn.LSTM's dropout between layers acts only
+# in training, and these functions leave it out.
+
+
+def lstm_cell(lstm, layer, suffix, x, h, c):
+    """One time step of one layer of `lstm`, from its parameters; returns (h_t, c_t, gates).
+
+    `suffix` is "" for the forward direction and "_reverse" for the backward one. The
+    four gates' weights are stacked in one matrix, in PyTorch's order i, f, g, o:
+        i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)   input gate: how much of g to write
+        f = sigmoid(W_if x + b_if + W_hf h + b_hf)   forget gate: how much of c_{t-1} to keep
+        g = tanh(W_ig x + b_ig + W_hg h + b_hg)      the new values on offer
+        o = sigmoid(W_io x + b_io + W_ho h + b_ho)   output gate: how much of tanh(c_t) to show
+        c_t = f * c_{t-1} + i * g                    the cell state: the LSTM's memory
+        h_t = o * tanh(c_t)                          the hidden state: this step's output
+    (RNN never sets nn.LSTM's proj_size, so there is no weight_hr here.)
+    """
+    w_ih = getattr(lstm, f"weight_ih_l{layer}{suffix}")  # (4 * hidden, in_features): W_ii, W_if, W_ig, W_io
+    w_hh = getattr(lstm, f"weight_hh_l{layer}{suffix}")  # (4 * hidden, hidden): W_hi, W_hf, W_hg, W_ho
+    z = x @ w_ih.T + h @ w_hh.T  # (batch, in_features) and (batch, hidden) -> (batch, 4 * hidden)
+    if lstm.bias:  # bias=False: nn.LSTM has no bias_ih / bias_hh at all
+        z = z + getattr(lstm, f"bias_ih_l{layer}{suffix}") + getattr(lstm, f"bias_hh_l{layer}{suffix}")
+    i, f, g, o = z.chunk(4, dim=1)  # four (batch, hidden) pieces, in PyTorch's gate order
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c = f * c + i * g  # (batch, hidden)
+    h = o * c.tanh()  # (batch, hidden)
+    return h, c, {"i": i, "f": f, "g": g, "o": o, "c": c, "h": h}
+
+
+def lstm_by_hand(lstm, inputs):
+    """`lstm(inputs)` in eval mode, step by step; returns output, (h_n, c_n) and the gates.
+
+    `inputs` and `output` are in the lstm's own layout, as for nn.LSTM; h_0 = c_0 = 0.
+    gates[k] belongs to the same layer and direction as h_n[k] (forward, then backward,
+    for each layer from the bottom): a dict of i, f, g, o, c, h, each (batch, rows,
+    hidden), indexed by image row whichever way the direction reads.
+    """
+    x = inputs if lstm.batch_first else inputs.transpose(0, 1)  # -> (batch, 28 rows, in_features)
+    n_rows = x.shape[1]
+    zeros = x.new_zeros(x.shape[0], lstm.hidden_size)  # h_0 and c_0 of each layer: (batch, hidden)
+    h_n, c_n, gates = [], [], []
+    for layer in range(lstm.num_layers):
+        outputs = []
+        for suffix in ["", "_reverse"] if lstm.bidirectional else [""]:
+            # The forward direction reads rows 0 to 27, the backward one 27 down to 0.
+            rows = range(n_rows) if suffix == "" else reversed(range(n_rows))
+            h, c, steps = zeros, zeros, [None] * n_rows
+            for t in rows:  # the same weights at every row: the tutorial's single A unit
+                h, c, steps[t] = lstm_cell(lstm, layer, suffix, x[:, t], h, c)
+            gates.append({name: torch.stack([step[name] for step in steps], dim=1) for name in steps[0]})
+            outputs.append(gates[-1]["h"])  # (batch, 28, hidden): h_t at every row
+            h_n.append(h)  # (batch, hidden): the last h_t this direction computed
+            c_n.append(c)
+        # The layer above reads this layer's h_t as its x_t, as the tutorial explains.
+        x = torch.cat(outputs, dim=2)  # (batch, 28, num_directions * hidden)
+    output = x if lstm.batch_first else x.transpose(0, 1)  # the top layer's h_t, in the lstm's layout
+    return output, (torch.stack(h_n), torch.stack(c_n)), gates  # h_n, c_n: (layers * directions, batch, hidden)
+
+
 # ---------------------------------------------------------------------------
 # 4. Loss and optimizer (定義損失函數和優化器)
 # ---------------------------------------------------------------------------
