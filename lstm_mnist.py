@@ -96,6 +96,10 @@ SEQ_LEN = 28  # rows per image = time steps
 N_CLASS = 10  # n_class: ten digits (or ten kinds of clothing)
 EVAL_BATCH_SIZE = 500  # evaluation needs no gradients; 500 measured fastest on a 2-core CPU
 N_GRID = 16  # test digits drawn in predictions.png (a 4 x 4 grid)
+N_READING = 6  # test digits drawn in reading.png (2 rows of 3)
+N_READING_MISTAKES = 2  # of which at most this many are mistakes, when there are any
+N_UNITS = 32  # units drawn in gates.png: those whose cell state varies most over the rows
+N_MISTAKES = 24  # misclassified test digits drawn in mistakes.png (a 4 x 6 gallery)
 VAL_SPLIT_SEED = 12345  # fixes which images --val-size holds out, whatever --seed is
 ONE_CYCLE_PEAK = 5  # --one-cycle: the learning rate rises to this many times --lr
 CLIP_NORM = 1.0  # --one-cycle: gradients are scaled down to at most this norm
@@ -350,6 +354,69 @@ def show_shapes(hparams, batch_size):
     for name, tensor, formula in rows:
         print(f"{name:<7}{str(tuple(tensor.shape)):<16}{formula}")
     return {name: tuple(tensor.shape) for name, tensor, _ in rows}
+
+
+# --- Inside the "A" unit: one LSTM step written out by hand --------------------------
+# The tutorial says an LSTM is built like an RNN, one "A" unit applied to every row,
+# but that A differs inside. These two functions open it: they compute what nn.LSTM
+# computes, from nn.LSTM's own parameters, so the figures in section 8 can show the
+# gates at work. They are for eval mode: nn.LSTM's dropout between layers acts only
+# in training, and these functions leave it out.
+
+
+def lstm_cell(lstm, layer, suffix, x, h, c):
+    """One time step of one layer of `lstm`, from its parameters; returns (h_t, c_t, gates).
+
+    `suffix` is "" for the forward direction and "_reverse" for the backward one. The
+    four gates' weights are stacked in one matrix, in PyTorch's order i, f, g, o:
+        i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)   input gate: how much of g to write
+        f = sigmoid(W_if x + b_if + W_hf h + b_hf)   forget gate: how much of c_{t-1} to keep
+        g = tanh(W_ig x + b_ig + W_hg h + b_hg)      the new values on offer
+        o = sigmoid(W_io x + b_io + W_ho h + b_ho)   output gate: how much of tanh(c_t) to show
+        c_t = f * c_{t-1} + i * g                    the cell state: the LSTM's memory
+        h_t = o * tanh(c_t)                          the hidden state: this step's output
+    (RNN never sets nn.LSTM's proj_size, so there is no weight_hr here.)
+    """
+    w_ih = getattr(lstm, f"weight_ih_l{layer}{suffix}")  # (4 * hidden, in_features): W_ii, W_if, W_ig, W_io
+    w_hh = getattr(lstm, f"weight_hh_l{layer}{suffix}")  # (4 * hidden, hidden): W_hi, W_hf, W_hg, W_ho
+    z = x @ w_ih.T + h @ w_hh.T  # (batch, in_features) and (batch, hidden) -> (batch, 4 * hidden)
+    if lstm.bias:  # bias=False: nn.LSTM has no bias_ih / bias_hh at all
+        z = z + getattr(lstm, f"bias_ih_l{layer}{suffix}") + getattr(lstm, f"bias_hh_l{layer}{suffix}")
+    i, f, g, o = z.chunk(4, dim=1)  # four (batch, hidden) pieces, in PyTorch's gate order
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c = f * c + i * g  # (batch, hidden)
+    h = o * c.tanh()  # (batch, hidden)
+    return h, c, {"i": i, "f": f, "g": g, "o": o, "c": c, "h": h}
+
+
+def lstm_by_hand(lstm, inputs):
+    """`lstm(inputs)` in eval mode, step by step; returns output, (h_n, c_n) and the gates.
+
+    `inputs` and `output` are in the lstm's own layout, as for nn.LSTM; h_0 = c_0 = 0.
+    gates[k] belongs to the same layer and direction as h_n[k] (forward, then backward,
+    for each layer from the bottom): a dict of i, f, g, o, c, h, each (batch, rows,
+    hidden), indexed by image row whichever way the direction reads.
+    """
+    x = inputs if lstm.batch_first else inputs.transpose(0, 1)  # -> (batch, 28 rows, in_features)
+    n_rows = x.shape[1]
+    zeros = x.new_zeros(x.shape[0], lstm.hidden_size)  # h_0 and c_0 of each layer: (batch, hidden)
+    h_n, c_n, gates = [], [], []
+    for layer in range(lstm.num_layers):
+        outputs = []
+        for suffix in ["", "_reverse"] if lstm.bidirectional else [""]:
+            # The forward direction reads rows 0 to 27, the backward one 27 down to 0.
+            rows = range(n_rows) if suffix == "" else reversed(range(n_rows))
+            h, c, steps = zeros, zeros, [None] * n_rows
+            for t in rows:  # the same weights at every row: the tutorial's single A unit
+                h, c, steps[t] = lstm_cell(lstm, layer, suffix, x[:, t], h, c)
+            gates.append({name: torch.stack([step[name] for step in steps], dim=1) for name in steps[0]})
+            outputs.append(gates[-1]["h"])  # (batch, 28, hidden): h_t at every row
+            h_n.append(h)  # (batch, hidden): the last h_t this direction computed
+            c_n.append(c)
+        # The layer above reads this layer's h_t as its x_t, as the tutorial explains.
+        x = torch.cat(outputs, dim=2)  # (batch, 28, num_directions * hidden)
+    output = x if lstm.batch_first else x.transpose(0, 1)  # the top layer's h_t, in the lstm's layout
+    return output, (torch.stack(h_n), torch.stack(c_n)), gates  # h_n, c_n: (layers * directions, batch, hidden)
 
 
 # ---------------------------------------------------------------------------
@@ -620,6 +687,174 @@ def plot_curves(history, path):
     plt.close(fig)
 
 
+# --- Inside the LSTM: reading row by row, the gates, the mistakes --------------------
+# The tutorial's theory: an RNN passes what it computed at one time step on to the
+# next, so earlier rows shape how later rows are read, and an LSTM does so through the
+# gates of its single "A" unit. reading.png shows this from outside (the answer after
+# each row), gates.png from inside (the gates, from lstm_by_hand in section 3), and
+# mistakes.png shows where the reading goes wrong.
+
+
+@torch.inference_mode()
+def predict(model, loader):
+    """The class probabilities of every image in `loader`, batch by batch: (N, n_class), on the CPU."""
+    model.eval()
+    return torch.cat([model(images).softmax(dim=1).cpu() for images, _ in loader])
+
+
+@torch.inference_mode()
+def probs_while_reading(model, images):
+    """The class probabilities after each row: (batch, 28 rows, n_class), on the CPU.
+
+    The classifier reads output[:, -1], the top layer's h_t after the last row. Applied
+    to output[:, t] instead, it gives the answer the model would have made had the image
+    ended at row t: an RNN's output at row t has only read rows 0 to t. (Not so with
+    --bidirectional, whose backward direction has read the whole image at every row.)
+    """
+    model.eval()
+    inputs = images if model.batch_first else images.transpose(0, 1)
+    output, _ = model.lstm(inputs)  # (batch, 28, hidden), or (28, batch, hidden)
+    if not model.batch_first:
+        output = output.transpose(0, 1)  # -> (batch, 28 rows, hidden)
+    return model.classifier(output).softmax(dim=2).cpu()  # (batch, 28, n_class)
+
+
+def settled_row(guesses):
+    """The first row from which the likeliest class no longer changes; guesses: (28,) class indices."""
+    changes = (guesses != guesses[-1]).nonzero()
+    return int(changes[-1]) + 1 if len(changes) else 0
+
+
+def pick_for_reading(preds, labels):
+    """Indices of N_READING test digits: the first N_READING_MISTAKES mistakes, then the first digits."""
+    wrong = (preds != labels).nonzero().flatten()[:N_READING_MISTAKES].tolist()
+    others = [i for i in range(min(len(labels), N_READING + len(wrong))) if i not in wrong]
+    return sorted(wrong + others[: N_READING - len(wrong)])
+
+
+def plot_reading(model, images, labels, probs, class_names, path):
+    """reading.png: a few test digits, each beside its class probabilities after every row."""
+    import matplotlib.pyplot as plt
+
+    preds = probs.argmax(dim=1)  # (N,)
+    chosen = pick_for_reading(preds, labels.cpu())
+    reading = probs_while_reading(model, images[chosen])  # (N_READING, 28 rows, n_class)
+    cols = math.ceil(N_READING / 2)
+    fig, axes = plt.subplots(2, 2 * cols, figsize=(4.3 * cols, 7.4), layout="constrained",
+                             gridspec_kw={"width_ratios": [SEQ_LEN, len(class_names)] * cols})
+    for (ax_image, ax_probs), i, steps in zip(axes.reshape(-1, 2), chosen, reading):
+        label, pred = int(labels[i]), int(preds[i])
+        settled = settled_row(steps.argmax(dim=1))
+        shown = images[i].cpu().clone()  # (28, 28)
+        shown[settled + 1 :] *= 0.3  # dim the rows read after the answer stopped changing
+        ax_image.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
+        between = " / " if len(class_names[0]) == 1 else "\n"  # fashion-mnist's long names: two lines
+        ax_image.set_title(f"pred {class_names[pred]}{between}true {class_names[label]}",
+                           color="black" if pred == label else "red")
+        ax_image.set(xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t (time step)",
+                     xlabel=f"says {class_names[pred]} from row {settled} on")
+        heatmap = ax_probs.imshow(steps.numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax_probs.set_xticks(range(len(class_names)), class_names, fontsize=8,
+                            rotation=90 if len(class_names[0]) > 1 else 0)
+        ax_probs.get_xticklabels()[label].set(color="tab:green", fontweight="bold")  # the true class
+        ax_probs.set_yticks([])
+        for ax in (ax_image, ax_probs):
+            ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
+    for ax in axes.flat[2 * len(chosen) :]:  # a test set smaller than N_READING
+        ax.axis("off")
+    fig.colorbar(heatmap, ax=axes, shrink=0.5, label="probability after reading rows 0 to t")
+    fig.suptitle("Reading row by row: softmax(classifier(output[:, t])) after each row t (true class in green)\n"
+                 "Below the orange line the answer no longer changes; those rows are dimmed")
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_gates(model, image, label, class_names, path):
+    """gates.png: the top layer's gates and cell state over the 28 rows of test image 0, by hand."""
+    import matplotlib.pyplot as plt
+
+    lstm = model.eval().lstm
+    inputs = image.unsqueeze(0)  # (1, 28, 28)
+    with torch.inference_mode():
+        _, _, gates = lstm_by_hand(lstm, inputs if lstm.batch_first else inputs.transpose(0, 1))
+    top = gates[(lstm.num_layers - 1) * (2 if lstm.bidirectional else 1)]  # the top layer, forward direction
+    top = {name: value[0].cpu() for name, value in top.items()}  # each (28 rows, hidden)
+    units = top["c"].std(dim=0).topk(min(N_UNITS, lstm.hidden_size)).indices  # (N_UNITS,)
+    c_max = float(top["c"][:, units].abs().max())
+    panels = [("i", "input gate i: how much of g\nis written into c", "viridis", 0, 1),
+              ("f", "forget gate f: how much of\nc_{t-1} is kept", "viridis", 0, 1),
+              ("o", "output gate o: how much of\ntanh(c_t) becomes h_t", "viridis", 0, 1),
+              ("c", "cell state c_t\n= f * c_{t-1} + i * g", "RdBu_r", -c_max, c_max)]
+    fig, axes = plt.subplots(1, 5, figsize=(16, 4.8), layout="constrained", sharey=True,
+                             gridspec_kw={"width_ratios": [SEQ_LEN] + [len(units)] * 4})
+    axes[0].imshow(image.cpu().numpy(), cmap="gray")
+    axes[0].set(title=f"test image 0: true {class_names[label]}", xticks=[], ylabel="row t (time step)")
+    for ax, (name, title, cmap, low, high) in zip(axes[1:], panels):
+        heatmap = ax.imshow(top[name][:, units].numpy(), cmap=cmap, vmin=low, vmax=high)  # (28 rows, N_UNITS)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(units)), units.tolist(), fontsize=6, rotation=90)
+        ax.set_xlabel("unit")
+    # One colour bar under the image and the three gates (all in [0, 1]), one under c.
+    fig.colorbar(axes[1].images[0], ax=axes[:4], location="bottom", shrink=0.4, label="gate value")
+    fig.colorbar(heatmap, ax=axes[4], location="bottom", label="c_t")
+    axes[0].set_yticks(range(0, SEQ_LEN, 7))
+    direction = ", forward direction" if lstm.bidirectional else ""
+    fig.suptitle(f"Inside the top LSTM layer{direction}, row by row, computed by lstm_by_hand: the {len(units)} of "
+                 f"{lstm.hidden_size} units whose cell state varies most over the rows, in that order")
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def draw_confusion(ax, labels, preds, class_names):
+    """The confusion matrix on `ax`: a count for every (true, predicted) pair, mistakes shaded."""
+    n = len(class_names)
+    confusion = torch.bincount(labels * n + preds, minlength=n * n).view(n, n)  # [true, pred]: counts
+    mistakes_only = confusion.float().fill_diagonal_(float("nan"))  # the diagonal is left blank
+    most = max(1.0, float(mistakes_only.nan_to_num().max()))
+    ax.imshow(mistakes_only.numpy(), cmap="Reds", vmin=0, vmax=most)
+    for true in range(n):
+        for pred in range(n):
+            count = int(confusion[true, pred])
+            color = "tab:green" if true == pred else "white" if count > most / 2 else "black"
+            if count:
+                ax.text(pred, true, count, ha="center", va="center", fontsize=8, color=color)
+    rotation = 45 if len(class_names[0]) > 1 else 0
+    ax.set_xticks(range(n), class_names, rotation=rotation)
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted class", ylabel="true class", title="confusion matrix: right in green, wrong in red")
+
+
+def plot_mistakes(images, labels, probs, class_names, path):
+    """mistakes.png: the confusion matrix of the test set, and the mistakes the model was surest of."""
+    import matplotlib.pyplot as plt
+
+    labels, preds = labels.cpu(), probs.argmax(dim=1)  # (N,), (N,)
+    wrong = (preds != labels).nonzero().flatten()
+    wrong = wrong[probs[wrong, preds[wrong]].argsort(descending=True)][:N_MISTAKES]  # surest first
+    rows = math.isqrt(N_MISTAKES)
+    cols = math.ceil(N_MISTAKES / rows)
+    mosaic = [["confusion"] * rows + [f"{r * cols + c}" for c in range(cols)] for r in range(rows)]
+    fig, axes = plt.subplot_mosaic(mosaic, figsize=(16, 8), layout="constrained")
+    draw_confusion(axes["confusion"], labels, preds, class_names)
+    images_wrong = images[wrong.to(images.device)].cpu()  # (up to N_MISTAKES, 28, 28)
+    for k in range(rows * cols):
+        ax = axes[str(k)]
+        ax.axis("off")
+        if k < len(wrong):
+            i = int(wrong[k])
+            ax.imshow(images_wrong[k].numpy(), cmap="gray")
+            ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[preds[i]]} ({probs[i, preds[i]]:.2f})",
+                         color="red", fontsize=8)
+    if len(wrong) == 0:
+        axes["0"].text(0, 0.5, "no mistakes", fontsize=14)
+    num_wrong = int((preds != labels).sum())
+    fig.suptitle(f"{num_wrong} mistakes in {len(labels)} test images. Left: how often each true class (row) was "
+                 f"predicted as each class (column).\nRight: the {len(wrong)} mistakes made with the highest "
+                 f"probability, titled true / pred (probability)")
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def draw_figures(model, test_loader, history, class_names, out_dir, show):
     """Draw every figure from the reloaded model on the test set; returns {name: path}."""
     import matplotlib
@@ -629,10 +864,20 @@ def draw_figures(model, test_loader, history, class_names, out_dir, show):
     import matplotlib.pyplot as plt
 
     images, labels = test_loader.dataset.tensors
-    paths = {name: Path(out_dir) / f"{name}.png" for name in ("predictions", "scores", "curves")}
+    names = ("predictions", "scores", "curves", "reading", "gates", "mistakes")
+    paths = {name: Path(out_dir) / f"{name}.png" for name in names}
     plot_predictions(model, images, labels, class_names, paths["predictions"])
     plot_scores(model, images[0], int(labels[0]), class_names, paths["scores"])
     plot_curves(history, paths["curves"])
+    probs = predict(model, test_loader)  # (N, n_class): the whole test set, once, in batches
+    if model.bidirectional:
+        # At row t the backward direction has already read every row: no partial reading to show.
+        print("reading.png skipped: with --bidirectional the output at row t has read the whole image")
+        del paths["reading"]
+    else:
+        plot_reading(model, images, labels, probs, class_names, paths["reading"])
+    plot_gates(model, images[0], int(labels[0]), class_names, paths["gates"])
+    plot_mistakes(images, labels, probs, class_names, paths["mistakes"])
     for path in paths.values():
         print(f"saved {path}")
     if show:
