@@ -225,7 +225,7 @@ def test_resume_without_a_checkpoint_says_so(tiny_data, tmp_path, capsys):
 
 def cli(*args, **kwargs):
     return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True,
-                          timeout=120, **kwargs)
+                          timeout=300, **kwargs)
 
 
 @pytest.mark.parametrize("args", [
@@ -254,7 +254,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_the_same_run(tiny_
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    out, err = process.communicate(timeout=300)
     assert process.returncode == 130, err
     assert "Traceback" not in err and "--resume" in err and "intact" in err
     saved = torch.load(checkpoint, weights_only=True)  # loadable, and short of the full run

@@ -139,7 +139,7 @@ def test_one_cycle_warms_up_anneals_and_resumes_exactly(run_main, tmp_path, monk
     save = lstm_mnist.save_checkpoint
 
     def interrupted_at_epoch_2(*args, **kwargs):
-        if args[-1]["epoch"] == 2:
+        if args[6]["epoch"] == 2:  # save_checkpoint(out_dir, model, optimizer, scheduler, generator, args, state, ...)
             raise KeyboardInterrupt
         return save(*args, **kwargs)
 
