@@ -79,6 +79,7 @@ DEFAULTS = {
     "label_smoothing": 0.0,  # train towards (1 - eps) on the true class, eps spread over all
     "augment": False,  # train on randomly shifted, rotated and scaled copies of each batch
     "ema": 0.0,  # > 0: test and save an exponential moving average of the weights, this decay
+    "forget_bias": 0.0,  # add this to every forget gate's bias at the start: remember more at first
 }
 
 # --recipe sets these flags (any of them can still be given on its own). Every value
@@ -86,7 +87,7 @@ DEFAULTS = {
 # recipe table shows what each change buys.
 RECIPES = {
     "tutorial": {},  # the tutorial's own recipe: the defaults above
-    "fast": {"epochs": 3, "batch_size": 50, "one_cycle": True, "ema": 0.998},  # 99.0% in 3 epochs
+    "fast": {"epochs": 3, "batch_size": 50, "one_cycle": True, "ema": 0.998, "forget_bias": 1.0},  # 99% in 3 epochs
     "best": {"epochs": 15, "one_cycle": True, "weight_decay": 0.05, "label_smoothing": 0.1,
              "augment": True, "ema": 0.999},  # 99.3% and up, same 2x128 model
 }
@@ -142,6 +143,7 @@ TRAIN_FLAGS = {
     "label_smoothing": "--label-smoothing",
     "augment": "--augment",
     "ema": "--ema",
+    "forget_bias": "--forget-bias",
 }
 
 
@@ -324,6 +326,21 @@ def build_model(hparams):
     return RNN(IN_DIM, hparams["hidden_dim"], hparams["n_layer"], N_CLASS,
                dropout=hparams["dropout"], bidirectional=hparams["bidirectional"],
                bias=hparams["bias"], batch_first=hparams["batch_first"])
+
+
+def open_forget_gates(lstm, forget_bias):
+    """--forget-bias: start training with every forget gate more open (f closer to 1).
+
+    A freshly initialised LSTM has f = sigmoid(about 0) = 0.5, so at first it halves its
+    cell state at every row and forgets the top of the image by the bottom. Adding 1 to the
+    forget gates' bias (the second quarter of each bias_ih, in the order i, f, g, o) starts
+    them at about 0.73, a long-known trick that makes LSTMs learn faster.
+    """
+    hidden = lstm.hidden_size
+    with torch.no_grad():
+        for name, bias in lstm.named_parameters():
+            if name.startswith("bias_ih_l"):  # bias_ih_l0, bias_ih_l0_reverse, bias_ih_l1, ...
+                bias[hidden : 2 * hidden] += forget_bias
 
 
 def show_shapes(hparams, batch_size):
@@ -906,6 +923,8 @@ def run(args, argv):
                         args.val_size)
     # 3. 定義LSTM結構, 4. 定義損失函數和優化器
     model = build_model(model_hparams(args)).to(device)
+    if args.forget_bias:
+        open_forget_gates(model.lstm, args.forget_bias)
     criterion, optimizer = make_criterion_and_optimizer(model, args.lr, args.weight_decay, args.label_smoothing)
     scheduler = make_scheduler(optimizer, args.lr, args.epochs, len(loaders["train"])) if args.one_cycle else None
     ema = make_ema(model, args.ema) if args.ema else None
@@ -1397,6 +1416,9 @@ def build_parser():
     beyond.add_argument("--ema", type=probability, default=d["ema"], metavar="DECAY",
                         help="test and save a moving average of the weights with this decay, e.g. 0.999 "
                              "(default: 0, off)")
+    beyond.add_argument("--forget-bias", type=non_negative_float, default=d["forget_bias"], metavar="B",
+                        help="add B to every forget gate's bias before training, e.g. 1, so the LSTM "
+                             "forgets less at first; needs the biases (default: 0, PyTorch's initialisation)")
     return parser
 
 
@@ -1454,6 +1476,8 @@ def parse_args(argv=None):
         parser.error("argument --device: cuda is not available on this machine; use auto or cpu")
     if args.device == "mps" and not torch.backends.mps.is_available():
         parser.error("argument --device: mps is not available on this machine; use auto or cpu")
+    if args.forget_bias and not args.bias:
+        parser.error("argument --forget-bias: not allowed with --no-bias (there is no bias to raise)")
     if args.resume and args.eval_only:
         parser.error("argument --eval-only: not allowed with --resume; pick one")
     return args

@@ -47,6 +47,7 @@ def fails(capsys, argv, code):
     (["--weight-decay", "-0.1"], "--weight-decay"),
     (["--label-smoothing", "1"], "--label-smoothing"),
     (["--ema", "1.5"], "--ema"),
+    (["--forget-bias", "1", "--no-bias"], "--forget-bias"),
 ])
 def test_bad_arguments_exit_2_with_one_line_naming_the_flag(argv, flag, capsys):
     err = fails(capsys, argv, 2)

@@ -133,3 +133,22 @@ def test_resuming_with_another_recipe_is_refused_in_one_line(run_main, tiny_data
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "recipe=fast" in err and "recipe=tutorial" in err and "--recipe" in err
+
+
+def test_forget_bias_raises_only_the_forget_gates_bias_in_every_layer_and_direction():
+    torch.manual_seed(0)
+    model = lstm_mnist.RNN(28, 16, 2, 10, bidirectional=True)
+    before = {name: p.clone() for name, p in model.lstm.named_parameters()}
+    lstm_mnist.open_forget_gates(model.lstm, 1.0)
+    for name, p in model.lstm.named_parameters():
+        change = p - before[name]
+        if name.startswith("bias_ih_l"):  # gate order i, f, g, o: the second quarter is f
+            assert torch.allclose(change[16:32], torch.ones(16)) and change[:16].abs().sum() == 0
+            assert change[32:].abs().sum() == 0
+        else:
+            assert change.abs().sum() == 0, name
+
+
+def test_forget_bias_is_used_by_the_run_and_recorded(run_main):
+    checkpoint = torch.load(run_main("--epochs", "1", "--forget-bias", "1")["checkpoint"], weights_only=True)
+    assert checkpoint["train_settings"]["forget_bias"] == 1.0
