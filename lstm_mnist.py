@@ -623,7 +623,8 @@ def final_test(path, args, device, test_loader, criterion, autocast):
     checkpoint = load_checkpoint(path, args)  # refuses a damaged file or another model's
     model = build_model(checkpoint["hparams"]).to(device)  # a fresh RNN(28, 128, 2, 10) by default
     load_weights(model, checkpoint, path)  # model.load_state_dict(checkpoint["model"])
-    print("Final Test" + (" (the moving average of the weights, --ema)" if args.ema else ""))
+    averaged = checkpoint["train_settings"].get("ema")  # trained with --ema: "model" holds the average
+    print("Final Test" + (" (the moving average of the weights, --ema)" if averaged else ""))
     eval_loss, eval_acc = evaluate(model, test_loader, criterion, autocast)
     # The tutorial's final `Test Loss` averages batch means, so it is a loss per image
     # too (its epoch lines are not; see train_one_epoch).
