@@ -20,7 +20,8 @@ resume, the command line). `python lstm_mnist.py --help` lists every flag.
 # ---------------------------------------------------------------------------
 # 0. Imports (參照庫檔案)
 # ---------------------------------------------------------------------------
-# The tutorial's `import torch`, `from torch import nn, optim` and DataLoader are here.
+# The tutorial's `import torch`, `from torch import nn` and `DataLoader` are here; its
+# `optim.Adam` is written `torch.optim.Adam` below.
 # It also imports torchvision and matplotlib at the top; here they are imported inside
 # the functions that use them, so that `import lstm_mnist` stays as quick as `import
 # torch`. Several of the standard-library modules serve only the part a learner may
@@ -46,7 +47,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 # ---------------------------------------------------------------------------
 # 1. Hyperparameters (超參設定)
 # ---------------------------------------------------------------------------
-# Every default lives here, once; the command line only overrides it. The values are
+# Every default lives here, once; --recipe and the other flags only override it. The values are
 # the tutorial's, so the printed numbers can be compared with it. (The tutorial spells
 # the epoch count `num_epoches` and the classifier `classifer`; here they are `epochs`
 # and `classifier`.)
@@ -70,7 +71,7 @@ DEFAULTS = {
     "seed": 0,  # seeds the weights, the data order and dropout
     "log_interval": 100,  # print the running loss every this many training batches
     "max_batches": None,  # stop each epoch after this many batches (None = whole epoch)
-    "amp": False,  # mixed precision: bfloat16 or float16 autocast where the device gains from it
+    "amp": False,  # mixed precision: bfloat16 or float16 autocast where the device supports it
     # Opt-in changes of recipe, off by default so the numbers stay the tutorial's.
     "recipe": "tutorial",  # a preset of the flags below: tutorial, fast or best (RECIPES)
     "val_size": 0,  # hold out this many training images and report on them each epoch
@@ -283,7 +284,7 @@ def random_warp(images):
 class RNN(nn.Module):
     """nn.LSTM over the 28 rows of an image, then nn.Linear on the last time step.
 
-    The defaults build the tutorial's `model = RNN(28, 128, 2, 10)`; the keyword
+    `RNN(28, 128, 2, 10)` with the keyword defaults is the tutorial's model; the keyword
     arguments are nn.LSTM's other parameters from the tutorial's list.
     """
 
@@ -584,7 +585,8 @@ def fit(model, loaders, criterion, optimizer, scheduler, ema, autocast, args, st
 # weights_only=True reads the file without running any code:
 #     model = RNN(28, 128, 2, 10)
 #     model.load_state_dict(torch.load("outputs/checkpoint.pt", weights_only=True)["model"])
-# (`model.load_state_dict(torch.load(path))` alone fails with "Unexpected key(s)".)
+# (`model.load_state_dict(torch.load(path))` alone fails with "Missing key(s) ...
+# Unexpected key(s)": the weights sit one level down, under "model".)
 
 
 def model_hparams(args):
