@@ -626,7 +626,7 @@ def final_test(path, args, device, test_loader, criterion, autocast):
     """Reload the saved weights into a fresh RNN and test it; returns (model, checkpoint, loss, acc)."""
     checkpoint = load_checkpoint(path, args)  # refuses a damaged file or another model's
     model = build_model(checkpoint["hparams"]).to(device)  # a fresh RNN(28, 128, 2, 10) by default
-    load_weights(model, checkpoint, path)  # model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint["model"], path)  # model.load_state_dict(checkpoint["model"])
     averaged = checkpoint["train_settings"].get("ema")  # trained with --ema: "model" holds the average
     print("Final Test" + (" (the moving average of the weights, --ema)" if averaged else ""))
     eval_loss, eval_acc = evaluate(model, test_loader, criterion, autocast)
@@ -1241,10 +1241,10 @@ def refuse_changes(path, saved, args, flags, advice):
                            f"{key}={getattr(args, key)} ({flag}); {advice}")
 
 
-def load_weights(model, checkpoint, path):
-    """model.load_state_dict(checkpoint["model"]), or one line saying why the weights do not fit."""
+def load_weights(model, state_dict, path):
+    """model.load_state_dict(state_dict), or one line saying why the weights do not fit."""
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(state_dict)
     except (RuntimeError, KeyError, TypeError) as err:
         last = str(err).strip().splitlines()[-1].strip() if str(err).strip() else type(err).__name__
         raise RunError(f"{path}: its weights do not fit the model it records ({last})") from None
@@ -1262,9 +1262,9 @@ def restore(path, args, model, optimizer, scheduler, ema, generator, scaler=None
     # A resumed run must keep its recipe and its training images to repeat the original.
     refuse_changes(path, saved, args, TRAIN_FLAGS, "resume with the same flags")
     if ema:
-        load_weights(ema.module, checkpoint, path)  # the average so far
+        load_weights(ema.module, checkpoint["model"], path)  # the average so far
         ema.n_averaged.fill_(checkpoint["ema_updates"])
-    load_weights(model, {"model": checkpoint.get("trained_weights") or checkpoint["model"]}, path)
+    load_weights(model, checkpoint.get("trained_weights") or checkpoint["model"], path)
     if args.one_cycle and saved["epochs"] != args.epochs:
         raise RunError(f"{path} follows a one-cycle schedule planned for {saved['epochs']} epochs; "
                        f"resume with --epochs {saved['epochs']}")
@@ -1340,7 +1340,6 @@ positive_int = checked(int, lambda value: value >= 1, "a positive whole number")
 whole_number = checked(int, lambda value: value >= 0, "a whole number, 0 or more")
 positive_float = checked(float, lambda value: math.isfinite(value) and value > 0, "a positive finite number")
 probability = checked(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
-dropout_probability = probability
 non_negative_float = checked(float, lambda value: math.isfinite(value) and value >= 0, "a number, 0 or more")
 
 
@@ -1362,7 +1361,7 @@ def build_parser():
                       help="hidden_size: features in h_t and c_t (default: %(default)s)")
     lstm.add_argument("--n-layer", type=positive_int, default=d["n_layer"], metavar="N",
                       help="num_layers: stacked LSTM layers (default: %(default)s)")
-    lstm.add_argument("--dropout", type=dropout_probability, default=d["dropout"], metavar="P",
+    lstm.add_argument("--dropout", type=probability, default=d["dropout"], metavar="P",
                       help="dropout between LSTM layers, in [0, 1); needs --n-layer 2 or more "
                            "(default: %(default)s)")
     lstm.add_argument("--bidirectional", action="store_true", default=d["bidirectional"],
