@@ -99,7 +99,7 @@ class OurPipeline:
     def __init__(self, data_dir, device, seed, amp):
         self.name = "lstm_mnist --amp" if amp else "lstm_mnist fp32"
         precision = lstm_mnist.amp_context(device, amp)  # on a GPU it runs a small LSTM: before seeding
-        self.autocast, self.scaler = precision.autocast, precision.scaler
+        self.autocast = precision.autocast
         if amp and not isinstance(self.autocast, torch.autocast):
             self.name += " (fell back to fp32)"
         torch.manual_seed(seed)
@@ -108,11 +108,11 @@ class OurPipeline:
         hparams = {key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS}
         self.model = lstm_mnist.build_model(hparams).to(device)
         self.criterion, self.optimizer = lstm_mnist.make_criterion_and_optimizer(self.model, 1e-3)
+        self.levers = lstm_mnist.Levers(self.model, self.optimizer, precision=precision)
 
     def train(self, n_batches):
         self.train_loader.sampler.max_batches = n_batches
-        return lstm_mnist.train_one_epoch(self.model, self.train_loader, self.criterion, self.optimizer,
-                                          self.autocast, 1, 1, log_interval=10**9, scaler=self.scaler)
+        return lstm_mnist.train_one_epoch(self.model, self.train_loader, self.criterion, self.optimizer, self.levers)
 
     def test(self):
         return lstm_mnist.evaluate(self.model, self.test_loader, self.criterion, self.autocast)[1]

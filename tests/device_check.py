@@ -64,8 +64,8 @@ def one_epoch(device, amp, data_dir, max_batches=None):
         torch.cuda.reset_peak_memory_stats()
     synchronize(device)
     start = time.perf_counter()
-    _, _, num_seen = lstm_mnist.train_one_epoch(model, loaders["train"], criterion, optimizer, precision.autocast,
-                                                1, 1, log_interval=10**9, scaler=precision.scaler)
+    levers = lstm_mnist.Levers(model, optimizer, precision=precision)
+    _, _, num_seen = lstm_mnist.train_one_epoch(model, loaders["train"], criterion, optimizer, levers)
     synchronize(device)
     train_seconds = time.perf_counter() - start
     _, test_acc = lstm_mnist.evaluate(model, loaders["test"], criterion, precision.autocast)

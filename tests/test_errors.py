@@ -291,9 +291,11 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint(trained, monkeypatc
     monkeypatch.setattr(lstm_mnist.torch, "save", dies_midway)
     args = lstm_mnist.parse_args(["--out-dir", str(out_dir), "--hidden-dim", "16"])
     model = lstm_mnist.RNN(28, 16, 2, 10)
+    run = lstm_mnist.RunState(model, torch.optim.Adam(model.parameters()), lstm_mnist.Levers(), torch.Generator(), args)
+    run.epoch = 2
     with pytest.raises(KeyboardInterrupt):
-        lstm_mnist.save_checkpoint(out_dir, model, torch.optim.Adam(model.parameters()), None, torch.Generator(),
-                                   args, {"epoch": 2, "history": []})
+        lstm_mnist.save_checkpoint(run, out_dir)
+    assert run.saved_epoch == 0
     assert path.read_bytes() == before
     assert sorted(p.name for p in out_dir.iterdir() if p.suffix == ".tmp") == []
 

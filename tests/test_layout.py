@@ -1,5 +1,6 @@
 """The file reads beside the tutorial: its headings in order, the plumbing after its sections."""
 
+import ast
 import re
 
 from conftest import REPO, lstm_mnist
@@ -37,8 +38,61 @@ def test_no_plumbing_inside_the_tutorials_sections():
     assert offending == []
 
 
-def test_the_part_a_learner_may_skip_comes_after_main():
-    assert SOURCE.index("def main(") < SOURCE.index("The part a learner may skip") < SOURCE.index("def build_parser(")
+PARTS = ["# Part 1. Inside the LSTM", "# Part 2. Beyond the tutorial's recipe", "# Part 3. Plumbing a learner may skip"]
+
+
+def test_three_marked_parts_follow_main_in_order_each_saying_who_reads_it():
+    places = [SOURCE.index(part) for part in PARTS]
+    assert SOURCE.index("def main(") < places[0] < places[1] < places[2] < SOURCE.index("def build_parser(")
+    for part in ("show_shapes", "lstm_cell", "lstm_by_hand", "plot_reading", "plot_gates", "plot_mistakes"):
+        assert places[0] < SOURCE.index(f"def {part}(") < places[1], part
+    for part in ("class Levers", "def random_warp(", "def make_ema(", "def hold_out(", "def amp_context(",
+                 "def make_loader(", "RECIPES = "):
+        assert places[1] < SOURCE.index(part) < places[2], part
+    for part in ("class RunState", "def restore(", "def atomic_file(", "def load_checkpoint(", "def parse_args("):
+        assert places[2] < SOURCE.index(part), part
+    for part in PARTS:  # the banner's next line says who should read the part
+        after = SOURCE[SOURCE.index(part):].splitlines()[1]
+        assert after.startswith("# For ") or after.startswith("# Input"), after
+
+
+def learners_path():
+    """The top-level statements from the first banner to the end of main(), and the number of lines."""
+    lines = SOURCE.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("#") and "參照庫檔案" in line)
+    tree = ast.parse(SOURCE)
+    main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
+    nodes = [node for node in tree.body if first < node.lineno <= main.end_lineno
+             and not isinstance(node, (ast.Import, ast.ImportFrom, ast.Expr))]
+    return nodes, main.end_lineno - first
+
+
+def test_the_learners_path_is_one_sitting():
+    nodes, n_lines = learners_path()
+    assert n_lines <= 400
+    assert len(nodes) <= 18  # functions, classes and constants
+    for node in ast.walk(ast.Module(body=nodes, type_ignores=[])):
+        if isinstance(node, ast.FunctionDef):
+            names = [arg.arg for arg in node.args.args + node.args.kwonlyargs if arg.arg != "self"]
+            assert len(names) <= 7, (node.name, names)
+
+
+def test_the_training_step_is_written_as_the_tutorial_writes_it():
+    source = ast.get_source_segment(SOURCE, next(node for node in learners_path()[0]
+                                                 if getattr(node, "name", "") == "train_one_epoch"))
+    lines = [line.strip().split("  #")[0] for line in source.splitlines()]
+    for line in ("optimizer.zero_grad()", "loss.backward()", "optimizer.step()"):
+        assert line in lines, line
+
+
+def test_section_6_saves_the_bare_state_dict_as_the_tutorial_does():
+    source = ast.get_source_segment(SOURCE, next(node for node in learners_path()[0]
+                                                 if getattr(node, "name", "") == "save_model"))
+    assert "torch.save(model.state_dict(), f)" in source and '"RNN.pth"' in source
+
+
+def test_the_old_spelling_of_batch_first_is_gone():
+    assert "time_major" not in SOURCE and "time-major" not in SOURCE
 
 
 def test_the_default_model_is_the_tutorials_rnn_28_128_2_10():
@@ -51,8 +105,7 @@ def test_the_default_model_is_the_tutorials_rnn_28_128_2_10():
     assert model.lstm.batch_first
 
 
-def test_help_names_nn_lstm_batch_first_and_the_old_flag_still_works():
+def test_help_names_nn_lstm_batch_first():
     assert "--no-batch-first" in lstm_mnist.build_parser().format_help()
     assert lstm_mnist.parse_args(["--no-batch-first"]).batch_first is False
-    assert lstm_mnist.parse_args(["--time-major"]).batch_first is False
     assert lstm_mnist.parse_args([]).batch_first is True

@@ -61,8 +61,7 @@ def test_augmentation_is_used_in_training_only(tiny_data, monkeypatch):
     loader = lstm_mnist.make_loader(images, labels, 50, shuffle=False, max_batches=3)
     model = lstm_mnist.RNN(28, 16, 2, 10)
     criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, 1e-3)
-    lstm_mnist.train_one_epoch(model, loader, criterion, optimizer, lstm_mnist.contextlib.nullcontext(), 1, 1,
-                               log_interval=100, augment=True)
+    lstm_mnist.train_one_epoch(model, loader, criterion, optimizer, lstm_mnist.Levers(augment=True))
     assert calls == [50, 50, 50]
     lstm_mnist.evaluate(model, loader, criterion)
     assert calls == [50, 50, 50]  # the test set is never warped
@@ -81,10 +80,10 @@ def test_weight_decay_and_label_smoothing_build_adamw_and_a_smoothed_loss():
 def interrupt_at_epoch(monkeypatch, epoch):
     save = lstm_mnist.save_checkpoint
 
-    def interrupted(*args, **kwargs):
-        if args[6]["epoch"] == epoch:
+    def interrupted(run, out_dir):
+        if run.epoch == epoch:
             raise KeyboardInterrupt
-        return save(*args, **kwargs)
+        return save(run, out_dir)
 
     monkeypatch.setattr(lstm_mnist, "save_checkpoint", interrupted)
     return save
@@ -102,7 +101,7 @@ def test_a_recipe_trains_saves_reloads_and_resumes_exactly(recipe, run_main, tmp
     assert metrics(resumed["history"]) == metrics(straight["history"])
     assert resumed["final_test_acc"] == straight["final_test_acc"] == straight["history"][-1]["test_acc"]
     checkpoint = torch.load(straight["checkpoint"], weights_only=True)
-    assert checkpoint["train_settings"]["recipe"] == recipe
+    assert checkpoint["settings"]["recipe"] == recipe
     # The saved "model" is what the final test reloads: with --ema, the averaged weights.
     model = lstm_mnist.RNN(28, 16, 2, 10)
     model.load_state_dict(checkpoint["model"])
@@ -151,4 +150,4 @@ def test_forget_bias_raises_only_the_forget_gates_bias_in_every_layer_and_direct
 
 def test_forget_bias_is_used_by_the_run_and_recorded(run_main):
     checkpoint = torch.load(run_main("--epochs", "1", "--forget-bias", "1")["checkpoint"], weights_only=True)
-    assert checkpoint["train_settings"]["forget_bias"] == 1.0
+    assert checkpoint["settings"]["forget_bias"] == 1.0

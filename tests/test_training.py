@@ -15,8 +15,7 @@ def test_train_loss_is_the_mean_per_image_actually_seen(tiny_data):
     frozen = torch.optim.Adam(model.parameters(), lr=0.0)  # lr 0: the weights never move
     # Three batches of 50 out of 400 images, in order, then the same 150 images tested.
     loader = lstm_mnist.make_loader(images, labels, 50, shuffle=False, max_batches=3)
-    train_loss, train_acc, num_seen = lstm_mnist.train_one_epoch(
-        model, loader, criterion, frozen, lstm_mnist.contextlib.nullcontext(), 1, 1, log_interval=100)
+    train_loss, train_acc, num_seen = lstm_mnist.train_one_epoch(model, loader, criterion, frozen)
     test_loss, test_acc = lstm_mnist.evaluate(model, lstm_mnist.make_loader(images[:150], labels[:150], 50, False),
                                               criterion)
     assert num_seen == 150
@@ -52,7 +51,8 @@ def test_end_to_end_run_saves_reloads_and_draws(run_main, tiny_data, tmp_path, m
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Nothing written anywhere but --out-dir: no stray temp file, no data copy, no cwd file.
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        "checkpoint.pt", "curves.png", "gates.png", "mistakes.png", "predictions.png", "reading.png", "scores.png"]
+        "RNN.pth", "checkpoint.pt", "curves.png", "gates.png", "mistakes.png", "predictions.png", "reading.png",
+        "scores.png"]
     assert list(cwd.iterdir()) == []
     assert sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*")) == data_before
 
@@ -100,7 +100,7 @@ def test_fashion_mnist_uses_its_folder_and_class_names(run_main, tmp_path, capsy
     result = run_main("--epochs", "1", "--dataset", "fashion-mnist", out_dir=tmp_path / "out")
     printed = capsys.readouterr().out
     names = lstm_mnist.DATASETS["fashion-mnist"][1]
-    assert any(f"(true {name})" in printed for name in names)
+    assert any(f"test image 0: label {name}, pred " in printed for name in names)
     assert torch.load(result["checkpoint"], weights_only=True)["dataset"] == "fashion-mnist"
 
 
@@ -130,7 +130,7 @@ def test_one_cycle_warms_up_anneals_and_resumes_exactly(run_main, tmp_path, monk
     straight = run_main("--epochs", "3", "--one-cycle", out_dir=tmp_path / "straight")
     checkpoint = torch.load(straight["checkpoint"], weights_only=True)
     lr = lstm_mnist.DEFAULTS["lr"]
-    assert checkpoint["train_settings"]["one_cycle"] is True
+    assert checkpoint["settings"]["one_cycle"] is True
     group = checkpoint["optimizer"]["param_groups"][0]
     assert group["max_lr"] == pytest.approx(lstm_mnist.ONE_CYCLE_PEAK * lr)  # the peak it warmed up to
     assert group["lr"] < group["max_lr"] / 100  # annealed to almost nothing by the last step
@@ -138,10 +138,10 @@ def test_one_cycle_warms_up_anneals_and_resumes_exactly(run_main, tmp_path, monk
     # Interrupt a 3-epoch one-cycle run (Ctrl-C as it starts saving epoch 2), then resume it.
     save = lstm_mnist.save_checkpoint
 
-    def interrupted_at_epoch_2(*args, **kwargs):
-        if args[6]["epoch"] == 2:  # save_checkpoint(out_dir, model, optimizer, scheduler, generator, args, state, ...)
+    def interrupted_at_epoch_2(run, out_dir):
+        if run.epoch == 2:
             raise KeyboardInterrupt
-        return save(*args, **kwargs)
+        return save(run, out_dir)
 
     monkeypatch.setattr(lstm_mnist, "save_checkpoint", interrupted_at_epoch_2)
     with pytest.raises(SystemExit) as exit_info:
@@ -186,21 +186,31 @@ def test_the_final_test_prints_the_tutorials_lines_and_a_loss(run_main, capsys):
     assert printed[-1] == f"final test accuracy: {result['final_test_acc']:.2f}%"
 
 
-def test_the_checkpoint_loads_by_hand_the_tutorials_way(run_main, tiny_data):
-    result = run_main("--epochs", "1")
-    # As the comment in section 6 shows a learner: the weights are under "model".
-    model = RNN(28, 16, 2, 10)
-    model.load_state_dict(torch.load(result["checkpoint"], weights_only=True)["model"])
+def test_rnn_pth_loads_with_the_tutorials_own_lines(run_main, tiny_data, tmp_path):
+    result = lstm_mnist.main(["--device", "cpu", "--data-dir", str(tiny_data), "--out-dir", str(tmp_path / "out"),
+                              "--epochs", "1", "--log-interval", "100"])  # the tutorial's model, RNN(28, 128, 2, 10)
+    path = result["weights"]
+    assert path == tmp_path / "out" / "RNN.pth"
+    model = RNN(28, 128, 2, 10)
+    model.load_state_dict(torch.load(path))  # the tutorial's reload line, as it stands
     images, _ = lstm_mnist.load_split(tiny_data, "mnist", train=False)
     with torch.no_grad():
         assert torch.equal(model.eval()(images), result["model"].eval()(images))
+    # RNN.pth holds the same weights as checkpoint.pt's "model", and nothing else.
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    weights = torch.load(path, weights_only=True)
+    assert weights.keys() == checkpoint["model"].keys()
+    assert all(torch.equal(weights[name], checkpoint["model"][name]) for name in weights)
 
 
-def test_a_checkpoint_from_before_no_batch_first_still_reloads(run_main, tmp_path):
-    out_dir = tmp_path / "old"
-    trained = run_main("--epochs", "1", out_dir=out_dir)
-    checkpoint = torch.load(trained["checkpoint"], weights_only=True)
-    checkpoint["hparams"]["time_major"] = not checkpoint["hparams"].pop("batch_first")  # the old key
-    torch.save(checkpoint, trained["checkpoint"])
-    again = run_main("--eval-only", out_dir=out_dir)
-    assert again["final_test_acc"] == trained["final_test_acc"]
+def test_section_8_prints_the_label_scores_and_prediction_of_test_image_0(run_main, tiny_data, capsys):
+    result = run_main("--epochs", "1")
+    printed = capsys.readouterr().out
+    images, labels = lstm_mnist.load_split(tiny_data, "mnist", train=False)
+    with torch.no_grad():
+        scores = result["model"].eval()(images[:1])[0]
+    label, pred = int(labels[0]), int(scores.argmax())
+    # The tutorial's print(label, output) and print(label, pred), in that order, after the final test.
+    first = printed.index(f"test image 0: label {label}, scores {scores}\n")
+    second = printed.index(f"test image 0: label {label}, pred {pred}\n")
+    assert printed.index("Final Test\n") < first < second
