@@ -1089,6 +1089,8 @@ def prepare_run(args, device):
     """Print the device and the config, check --out-dir, tune the CPU; return amp_context's Precision."""
     precision = amp_context(device, args.amp)
     print(f"device: {device}" + (f" ({precision.label})" if precision.label else ""))
+    if args.device == "auto" and device.type == "cpu" and (hint := cuda_hint()):  # a GPU left unused: say why
+        print(hint)
     for line in [precision.note, *mps_warnings(device, args)]:
         if line:
             print(line)
@@ -1119,6 +1121,43 @@ def mps_warnings(device, args):
         lines.append("warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
                      "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0")
     return lines
+
+
+# --- A CPU-only PyTorch on a machine with an NVIDIA GPU ---------------------------------
+# The PyPI wheels of torch for Windows are CPU-only, so `pip install -r requirements.txt`
+# there gives a torch that cannot use an NVIDIA GPU, and the run quietly takes 30 epochs
+# on the CPU. When --device auto comes out as cpu, prepare_run prints this one line.
+
+# Files that the Linux NVIDIA driver creates; nvidia-smi on the PATH is the sign elsewhere.
+NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0")
+
+
+def cuda_hint(driver_files=NVIDIA_DRIVER_FILES):
+    """Why a machine with an NVIDIA GPU trains on the CPU, in one line; None where there is no sign of one.
+
+    Only cheap checks, nothing is run: nvidia-smi on the PATH (the NVIDIA driver installs it
+    on Windows and Linux) or the Linux driver's files. torch.version.cuda is None in a
+    CPU-only build; otherwise the build has CUDA but cannot use the GPU (a driver older
+    than that CUDA, or no device visible).
+    """
+    import shutil  # only this check needs it
+
+    if torch.cuda.is_available():
+        return None
+    try:
+        has_gpu = shutil.which("nvidia-smi") is not None or any(os.path.exists(f) for f in driver_files)
+    except (OSError, ValueError):  # an unreadable PATH entry: no hint rather than a traceback
+        return None
+    if not has_gpu:
+        return None
+    if torch.version.cuda is None:
+        return (f"note: this machine has an NVIDIA GPU, but this PyTorch ({torch.__version__}) is a CPU-only build; "
+                'install the CUDA build to train on the GPU (README: "The CUDA build of PyTorch")')
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    hidden = f"CUDA_VISIBLE_DEVICES={visible!r} hides it" if visible is not None else "no device is visible to it"
+    return (f"note: this machine has an NVIDIA GPU and this PyTorch has CUDA {torch.version.cuda}, but CUDA is "
+            f"unusable: the NVIDIA driver may be too old for CUDA {torch.version.cuda}, or {hidden} "
+            "(nvidia-smi shows the driver and its CUDA version)")
 
 
 def keep_cpu_buffers():

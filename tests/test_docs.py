@@ -37,3 +37,42 @@ def test_readme_defaults_match_the_defaults_block():
                       ("hidden_dim", "--hidden-dim"), ("n_layer", "--n-layer"), ("log_interval", "--log-interval")]:
         row = next(line for line in table_text.splitlines() if line.startswith(f"| `{flag}"))
         assert f"`{lstm_mnist.DEFAULTS[key]}`" in row, row
+
+
+# The Traditional-Chinese guide that opens README (繁體中文導讀) must stay as honest as the English part.
+BANNER = re.compile(r"^# (\d+)\. .*\((.+)\)$")
+IDENTIFIER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def chinese_guide():
+    """README from the guide's heading to the next level-2 heading."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    return readme.split("## 繁體中文導讀", 1)[1].split("\n## ", 1)[0]
+
+
+def chinese_map_rows():
+    """The map's rows (教學標題 | 搜尋 | 函式、類別), as lists of cells, header and rule left out."""
+    table = chinese_guide().split("### 對照地圖", 1)[1].split("\n###", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in table.splitlines() if line.startswith("|")]
+    return rows[2:]
+
+
+def test_chinese_map_names_the_banners_in_order_and_only_names_that_exist():
+    source = (REPO / "lstm_mnist.py").read_text(encoding="utf-8")
+    found = [(match.group(1), match.group(2)) for line in source.splitlines()
+             for match in [BANNER.match(line)] if match]
+    rows = chinese_map_rows()
+    assert [row[0] for row in rows] == [heading for _, heading in found]
+    missing = []
+    for (number, heading), (_, search, names) in zip(found, rows):
+        assert f"`# {number}.`" in search and f"({heading})" in search, search
+        missing += [f"{heading}: {name}" for name in IDENTIFIER.findall(names) if not hasattr(lstm_mnist, name)]
+    assert missing == [], "named in the map but not in lstm_mnist"
+
+
+def test_chinese_guide_shows_only_flags_that_help_has():
+    lines = [line for line in chinese_guide().splitlines() if "pip install" not in line]  # pip's own flags
+    shown = {flag for line in lines for flag in FLAG.findall(line)}
+    assert shown, "the guide shows no flag at all: did the parsing break?"
+    assert shown - help_flags() == set()
