@@ -8,29 +8,32 @@ recipe (batch 100, Adam lr 1e-3, 30 epochs) expect about 99.0-99.1% test accurac
 
     python lstm_mnist.py                                   # the tutorial's run, 30 epochs
     python lstm_mnist.py --epochs 1 --device cpu           # a quick look on a laptop
-    python lstm_mnist.py --data-dir DIR                    # DIR holds MNIST/raw/ (no download)
+    python lstm_mnist.py --data-dir DIR                    # DIR holds MNIST/raw/ (downloaded there if missing)
     python lstm_mnist.py --show-shapes --bidirectional     # the nn.LSTM shape table, then exit
-    python lstm_mnist.py --recipe fast                     # beyond the tutorial: 99.0% in 3 epochs
+    python lstm_mnist.py --recipe fast                     # beyond the tutorial: about 99.0% in 3 epochs
 
 How to read it: sections 0 to 8 are the tutorial's code sections, in its order, each
 banner carrying its heading; `main()` follows as the table of contents. That is the
 learner's path. After `main()` come three marked parts: Part 1, inside the LSTM
-(optional reading); Part 2, beyond the tutorial's recipe (only used by opt-in flags);
+(optional reading); Part 2, beyond the tutorial's recipe (the opt-in flags, and the fast
+data loader every run uses);
 Part 3, plumbing a learner may skip. `python lstm_mnist.py --help` lists every flag.
 
-怎麼讀這個檔案:從「# 0.」讀到 main() 結束,就是教學文的程式碼,段落的順序和標題都和教學文
-一樣;在編輯器裡搜尋教學文的標題(例如「訓練和測試過程」)就能跳到對應的段落。main() 之後
-有三個標示清楚的部分:Part 1「LSTM 的內部」是選讀,把教學文的理論(形狀表、手算 LSTM 單元、
-逐列閱讀與閘門的圖)寫成可以執行的程式;Part 2「教學文配方之外」只在加上對應的參數(例如
---recipe fast)時才會用到;Part 3 是檢查、安全存檔、續跑和命令列等雜務,初學者可以跳過。
+怎麼讀這個檔案：從「# 0.」讀到 main() 結束，對應教學文的程式碼，段落的順序和標題都和教學文
+一樣；在編輯器裡搜尋教學文的標題（例如「訓練和測試過程」）就能跳到對應的段落。main() 之後
+有三個標示清楚的部分：Part 1「LSTM 的內部」是選讀，把教學文的理論（形狀表、手算 LSTM 單元、
+逐列閱讀與閘門的圖）寫成可以執行的程式；Part 2「教學文配方（recipe）之外」大多只在加上對應的
+參數（例如 --recipe fast）時才會用到，只有資料載入器 make_loader 每次都會用到；Part 3 是檢查、
+安全存檔、續跑和命令列等雜務，初學者可以跳過。教學文說的「每一行」（影像的一行）在這裡叫「每一列」
+（row：橫的一列 28 個像素），也就是一個時間步。
 """
 
 # ---------------------------------------------------------------------------
 # 0. Imports (參照庫檔案)
 # ---------------------------------------------------------------------------
-# The tutorial's torch, nn and DataLoader (its `optim.Adam` is `torch.optim.Adam` below). torchvision
-# and matplotlib are imported where they are used, so `import lstm_mnist` is as quick as `import torch`;
-# most of the standard-library modules serve only Part 3, after main().
+# The tutorial's torch, nn and DataLoader (its `optim.Adam` is `torch.optim.Adam` below; its `T.ToTensor()`
+# is `.float().div(255)` in section 2). torchvision and matplotlib are imported where they are used, so
+# `import lstm_mnist` is as quick as `import torch`; most standard-library modules serve only Part 3.
 
 import argparse
 import collections
@@ -55,6 +58,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 # Every default lives here, once; the flags (and --recipe) only override it. The values are the
 # tutorial's, so the printed numbers can be compared with it. (Its misspelt `num_epoches` and
 # `classifer` are `epochs` and `classifier` here.)
+# 所有預設值都集中在這裡，數值就是教學的配方；命令列參數只會覆蓋它們。
 DEFAULTS = {
     # The tutorial's recipe.
     "batch_size": 100,  # images per training step
@@ -73,7 +77,7 @@ DEFAULTS = {
     "out_dir": "./outputs",  # RNN.pth, checkpoint.pt and the figures
     "device": "auto",  # auto = CUDA, else Apple MPS, else CPU (the tutorial's use_gpu)
     "seed": 0,  # seeds the weights, the data order and dropout
-    "log_interval": 100,  # print the mean loss so far every this many training batches
+    "log_interval": 100,  # every N training batches, print the mean training loss so far
     "max_batches": None,  # stop each epoch after this many batches (None = whole epoch)
     # Opt-in, beyond the tutorial's recipe (Part 2); off by default so the numbers stay the tutorial's.
     "recipe": "tutorial",  # a preset of the flags below: tutorial, fast or best (RECIPES)
@@ -106,9 +110,8 @@ def pick_device(name):
 # ---------------------------------------------------------------------------
 # 2. The data (MINST數據集匯入)
 # ---------------------------------------------------------------------------
-# "MINST" is the tutorial's typo for MNIST; the banner keeps it so a search finds it.
-# The tutorial's DataLoader runs ToTensor on every image again in every epoch. Here the
-# whole set is converted once, with ToTensor's arithmetic, and put on the training device.
+# "MINST" is the tutorial's typo for MNIST, kept so a search finds it. Its DataLoader runs ToTensor on every
+# image in every epoch; here the set is converted once, with ToTensor's arithmetic, onto the device.
 
 
 def load_split(data_dir, dataset, train):
@@ -119,15 +122,15 @@ def load_split(data_dir, dataset, train):
     ensure_raw_files(data_dir, class_name, train)  # Part 3: download if missing, check the files
     data = getattr(datasets, class_name)(data_dir, train=train)  # the tutorial's datasets.MNIST(root=..., train=...)
     check_labels(data, data_dir, class_name, train)
-    # No channel axis: ToTensor gives each image as (1, 28, 28), and the tutorial removes
-    # that axis again in every batch (`assert c == 1`, `img.squeeze(1)`). Ours never get it.
-    # 沒有通道維度:教學文在每個批次用 img.squeeze(1) 去掉它,這裡的影像一開始就是 (N, 28, 28)。
+    # No channel axis: the tutorial squeezes (batch, 1, 28, 28) to (batch, 28, 28) after `assert c == 1` in
+    # every batch; here check_idx_file (Part 3) checks once that the files hold 28x28 one-channel images.
+    # 沒有通道維度：MNIST 是黑白單通道圖片，教學文在每個批次用 img.squeeze(1) 去掉它，這裡一開始就是 (N, 28, 28)。
     images = data.data.float().div(255)  # what ToTensor does: uint8 0..255 -> float 0..1
     return images, data.targets  # (N, 28, 28), (N,)
 
 
 def load_data(data_dir, dataset, device, batch_size, seed, max_batches=None, val_size=0):
-    """The tutorial's train_loader and test_loader, on `device`; "val" with --val-size; the data order's generator."""
+    """A dict: the tutorial's train_loader and test_loader (tensors on `device`), "val" (with --val-size), the generator."""
     train_images, train_labels = load_split(data_dir, dataset, train=True)
     test_images, test_labels = load_split(data_dir, dataset, train=False)
     if max_batches:  # a quick run also tests on a slice of the test set
@@ -135,13 +138,13 @@ def load_data(data_dir, dataset, device, batch_size, seed, max_batches=None, val
     val_loader = None
     if val_size:  # Part 2: choose settings on held-out training images, never on the test set
         (val_images, val_labels), (train_images, train_labels) = hold_out(train_images, train_labels, val_size)
-        val_loader = make_loader(val_images.to(device), val_labels.to(device), EVAL_BATCH_SIZE, False)
+        val_loader = make_loader(val_images.to(device), val_labels.to(device), EVAL_BATCH_SIZE, shuffle=False)
     generator = torch.Generator().manual_seed(seed)  # the data order's own random stream
-    # make_loader (Part 2) is DataLoader(dataset, batch_size, shuffle) over tensors already on
-    # the device. shuffle=True for training and False for testing, as in the tutorial.
-    train_loader = make_loader(train_images.to(device), train_labels.to(device), batch_size, True, generator,
-                               max_batches)
-    test_loader = make_loader(test_images.to(device), test_labels.to(device), EVAL_BATCH_SIZE, False)
+    # make_loader (Part 2) is DataLoader(dataset, batch_size, shuffle) over tensors already on the device.
+    train_loader = make_loader(train_images.to(device), train_labels.to(device), batch_size, shuffle=True,
+                               generator=generator, max_batches=max_batches)
+    # 500 test images per batch, not 100: no gradients, so bigger batches are faster; per-image results are the same.
+    test_loader = make_loader(test_images.to(device), test_labels.to(device), EVAL_BATCH_SIZE, shuffle=False)
     return {"train": train_loader, "val": val_loader, "test": test_loader, "generator": generator}
 
 
@@ -184,7 +187,7 @@ class RNN(nn.Module):
         num_directions = 2 if self.bidirectional else 1
         self.classifier = nn.Linear(num_directions * hidden_dim, n_class)
 
-    def forward(self, images):  # images: (batch, 28 rows = time steps, 28 pixels)
+    def forward(self, images):  # images: (batch, 28 rows = time steps, 28 pixels); 每一列是一個時間步
         if not self.batch_first:
             images = images.transpose(0, 1)  # -> (28 time steps, batch, 28 pixels)
         # No (h_0, c_0) is passed, so nn.LSTM starts every image from zeros, as the tutorial does.
@@ -198,7 +201,7 @@ class RNN(nn.Module):
             last = torch.cat([h_n[-2], h_n[-1]], dim=1)  # (batch, 2 * hidden_dim)
         else:
             # The tutorial's `out[:, -1, :]` ("即hn"): the top layer's output after the last row.
-            # 最後一個時間步的輸出就是最上層的 h_n,也就是 h_n[-1]:它已經讀完整張圖。
+            # 教學文的「即hn」：output 在最後一個時間步的值，就是最上層 LSTM 讀完 28 列後的 h_n[-1]（h_n 含每一層）。
             last = output[:, -1, :] if self.batch_first else output[-1]  # (batch, hidden_dim)
         return self.classifier(last)  # (batch, n_class) scores (logits), one per class
 
@@ -215,12 +218,12 @@ def build_model(hparams):
 # ---------------------------------------------------------------------------
 
 
-def make_criterion_and_optimizer(model, lr, weight_decay=0.0, label_smoothing=0.0):
+def make_criterion_and_optimizer(model, lr, weight_decay=0.0):
     # CrossEntropyLoss takes the raw scores (logits) and applies log-softmax itself, so the
     # model ends without a softmax. It returns the mean loss over the batch.
-    # 損失函數吃的是原始分數(logits),它自己會做 log-softmax,所以模型最後不需要 softmax。
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)  # Part 2: --label-smoothing
-    if weight_decay:  # Part 2: --weight-decay uses AdamW, which decays the weights apart from Adam's step
+    # 損失函數接收的是原始分數（logits），自己會做 log-softmax（教學文說的「softmax 損失函數」），模型最後不需要 softmax。
+    criterion = nn.CrossEntropyLoss()
+    if weight_decay:  # Part 2: --weight-decay uses AdamW (weight decay applied separately from Adam's update)
         return criterion, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     return criterion, torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -230,24 +233,24 @@ def make_criterion_and_optimizer(model, lr, weight_decay=0.0, label_smoothing=0.
 # ---------------------------------------------------------------------------
 
 
-def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interval=None, epoch=""):
+def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interval=None, epoch_label=""):
     """One pass over `loader`; returns (train_loss per image, train_acc in %, images seen).
 
-    `levers` (Part 2) carries the opt-in flags --augment, --amp, --one-cycle and --ema;
-    without them each step is the tutorial's.
+    `levers` (Part 2) carries the opt-in flags; without them each step is the tutorial's.
     """
     levers = levers or Levers()
     model.train()  # dropout on, if any
     device = next(model.parameters()).device
-    # Sums stay on the device: reading them (.item()) every batch would wait for a GPU.
+    # The tutorial's running train_loss and train_acc (train_loss, train_acc below are the final means).
+    # These sums stay on the device: reading them (.item()) every batch would wait for a GPU.
     loss_sum = torch.zeros((), device=device)
     num_correct = torch.zeros((), dtype=torch.long, device=device)
     num_seen = 0
-    for batch, (images, labels) in enumerate(loader, 1):  # images: (batch, 28, 28), on the device
+    for i, (images, labels) in enumerate(loader, 1):  # images: (batch, 28, 28), on the device
         images = levers.augment(images)  # --augment: warped at random; otherwise unchanged
         with levers.autocast:  # --amp: mixed precision; otherwise does nothing
             out = model(images)  # (batch, 10) scores
-        loss = criterion(out.float(), labels)  # the mean over the batch
+        loss = criterion(out.float(), labels)  # the mean over the batch; .float() matters only under --amp
         optimizer.zero_grad()
         if levers.step_changed:  # --one-cycle, --ema or float16 --amp: Part 2's step
             levers.step(loss)
@@ -255,22 +258,22 @@ def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interv
             loss.backward()
             optimizer.step()
         loss_sum += loss.detach() * len(labels)  # batch mean -> batch sum
-        num_correct += (out.argmax(dim=1) == labels).sum()
+        num_correct += (out.argmax(dim=1) == labels).sum()  # argmax: the tutorial's torch.max(out, 1)[1]
         num_seen += len(labels)
-        if log_interval and batch % log_interval == 0:
-            print(f"  epoch {epoch} | batch {batch:>4}/{len(loader)} | loss {loss.item():.4f}")
-    # The tutorial sums batch means and divides by the dataset size: the loss per image
-    # divided by the batch size (its 0.000106 is 0.0106 here). Ours is the mean per image.
-    # 損失的單位:教學文的 Loss 是「每張圖的平均 ÷ batch_size」,這裡印每張圖的平均,所以是它的 100 倍。
+        if log_interval and i % log_interval == 0:
+            print(f"  epoch {epoch_label} | batch {i:>4}/{len(loader)} | loss {loss_sum.item() / num_seen:.4f}")
+    # The tutorial sums batch means and divides by the dataset size: the loss per image divided by the
+    # batch size (with batch 100, its 0.000106 is 0.0106 here). Ours is the mean per image.
+    # 損失的單位：教學文的 Loss 是「每張圖的平均 ÷ batch_size」，這裡印每張圖的平均，是它的 batch_size 倍（預設 100 倍）。
     train_loss = loss_sum.item() / num_seen
     train_acc = 100.0 * num_correct.item() / num_seen  # the tutorial prints a fraction, 0.996667
     return train_loss, train_acc, num_seen
 
 
-@torch.inference_mode()  # the tutorial's torch.no_grad(), with less bookkeeping still
+@torch.inference_mode()  # like the tutorial's torch.no_grad(), a little faster. 測試時不記錄梯度。
 def evaluate(model, loader, criterion, autocast=contextlib.nullcontext()):
     """Returns (eval_loss per image, eval_acc in %) of `model` on `loader`."""
-    model.eval()  # dropout off
+    model.eval()  # dropout off (教學文：使 dropout 失去作用)
     loss_sum, num_correct, num_seen = 0.0, 0, 0
     for images, labels in loader:
         with autocast:
@@ -284,21 +287,24 @@ def evaluate(model, loader, criterion, autocast=contextlib.nullcontext()):
 def fit(run, loaders, criterion, args):
     """Train from epoch run.epoch + 1 to args.epochs, testing and saving the run after each epoch."""
     split = "val" if loaders["val"] else "test"  # what each epoch is measured on
+    train_criterion = run.levers.train_criterion(criterion)  # criterion itself, unless --label-smoothing
     for epoch in range(run.epoch + 1, args.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc, num_seen = train_one_epoch(run.model, loaders["train"], criterion, run.optimizer,
+        train_loss, train_acc, num_seen = train_one_epoch(run.model, loaders["train"], train_criterion, run.optimizer,
                                                           run.levers, args.log_interval, f"{epoch:>2}/{args.epochs}")
         train_seconds = time.perf_counter() - start
-        # run.tested is the model itself, or with --ema its moving average.
+        # run.tested is the trained model itself, or with --ema its moving average.
         eval_loss, eval_acc = evaluate(run.tested, loaders[split], criterion, run.levers.autocast)
         seconds = time.perf_counter() - start
-        # The tutorial's `Finish 30 epoch, Loss: ..., Acc: ...` and `Test Loss: ..., Acc: ...`, on one line.
+        # The tutorial's `Finish 30 epoch, Loss: ..., Acc: ...` and `Test Loss: ..., Acc: ...`, on one line:
+        # both losses are its numbers x batch_size (0.000364 -> 0.0364), accuracies in % (0.990800 -> 99.08%).
         print(f"epoch {epoch:>2}/{args.epochs} | train loss {train_loss:.4f} acc {train_acc:.2f}% | "
               f"{split} loss {eval_loss:.4f} acc {eval_acc:.2f}% | "
               f"{seconds:.1f} s, {num_seen / train_seconds:.0f} img/s")
         run.epoch = epoch
         run.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                            f"{split}_loss": eval_loss, f"{split}_acc": eval_acc, "seconds": seconds})
+                            f"{split}_loss": eval_loss, f"{split}_acc": eval_acc, "seconds": seconds,
+                            "label_smoothing": run.levers.label_smoothing})  # so curves.png can say so
         save_checkpoint(run, args.out_dir)  # Part 3: checkpoint.pt, the whole run, for --resume
 
 
@@ -313,7 +319,7 @@ def save_model(model, out_dir):
     """The tutorial's `torch.save(model.state_dict(), './RNN.pth')`, in --out-dir; returns the path."""
     path = Path(out_dir) / "RNN.pth"
     # Only the weights (a dict of tensors), not the model object: section 7 builds an RNN for them.
-    # 只存權重(state_dict),不存模型物件;重新載入時先建一個新的 RNN,再把權重放進去(第 7 段)。
+    # 只存權重（state_dict），不存模型物件；重新載入時先建一個新的 RNN，再把權重放進去（第 7 段）。
     with atomic_file(path) as f:  # Part 3: a temporary file, renamed to RNN.pth once complete
         torch.save(model.state_dict(), f)
     print(f"saved {path}")
@@ -328,13 +334,13 @@ def save_model(model, out_dir):
 def final_test(path, run, test_loader, criterion):
     """Reload RNN.pth into a fresh RNN and test it, the tutorial's way; returns (model, loss, acc)."""
     device = next(run.model.parameters()).device
-    model = build_model(run.hparams).to(device)  # a fresh RNN(28, 128, 2, 10) with the default flags
+    model = build_model(run.hparams).to(device)  # a fresh RNN with this run's flags (RNN(28, 128, 2, 10) by default)
     # The tutorial's `model.load_state_dict(torch.load('./RNN.pth'))`; weights_only=True reads tensors only.
-    # 重新載入:新模型 + 存好的權重;weights_only=True 只讀張量,不會執行檔案裡的程式碼。
+    # 重新載入：新模型 + 存好的權重；weights_only=True 只讀張量，不會執行檔案裡的程式碼。
     model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     print("Final Test" + (" (the moving average of the weights, --ema)" if run.settings["ema"] else ""))
-    eval_loss, eval_acc = evaluate(model, test_loader, criterion, run.levers.autocast)
-    # The tutorial's final `Test Loss` averages batch means: a loss per image, like ours.
+    eval_loss, eval_acc = evaluate(model, test_loader, criterion)  # float32 even with --amp, like the figures
+    # 教學文最後的 Final Test 除以批次數，本來就是每張圖的平均，和這裡的 final test loss 一樣，不必換算。
     print(f"final test loss: {eval_loss:.4f}")
     return model, eval_loss, eval_acc
 
@@ -342,10 +348,9 @@ def final_test(path, run, test_loader, criterion):
 # ---------------------------------------------------------------------------
 # 8. Look at a prediction (提取一個範例進行直觀認識)
 # ---------------------------------------------------------------------------
-# The tutorial prints test image 0's label, scores and predicted class, and draws it with
-# plt.imshow, which it neither shows nor saves; its `.cuda()` there crashes on a CPU. Here
-# the prediction runs wherever the model is, and every figure is a PNG file in --out-dir.
-# 圖都存成 --out-dir 裡的 PNG 檔(不會跳出視窗,除非加 --show),所以在沒有螢幕的機器上也能跑。
+# The tutorial prints test image 0's label, scores and class, and draws it with plt.imshow, never shown
+# or saved; its `.cuda()` there crashes on a CPU. Here it runs where the model is; figures are PNG files.
+# 圖都存成 --out-dir 裡的 PNG 檔（不會跳出視窗，除非加 --show），所以在沒有螢幕的機器上也能跑。
 
 
 @torch.inference_mode()
@@ -353,8 +358,9 @@ def show_example(model, test_loader, class_names):
     """Print test image 0's label, its 10 scores and the predicted class; returns the prediction."""
     images, labels = test_loader.dataset.tensors  # (N, 28, 28), (N,): the test set, in order
     model.eval()
+    # The tutorial feeds imgs[0], (1, 28, 28), its channel axis acting as a batch of one; images[:1] is one.
     output = model(images[:1]).float().cpu()  # (1, 28, 28) -> (1, 10): one score per class
-    pred = int(output.argmax(dim=1))  # the tutorial's torch.max(output, dim=1)[1]: the highest score
+    pred = int(output.argmax(dim=1))  # the tutorial's torch.max(output, dim=1)[1]: the class with the highest score
     label = int(labels[0])
     print(f"test image 0: label {class_names[label]}, scores {output[0]}")
     print(f"test image 0: label {class_names[label]}, pred {class_names[pred]}")
@@ -386,24 +392,24 @@ def draw_figures(model, test_loader, history, class_names, out_dir, show):
 
 def main(argv=None):
     """Run the tutorial's pipeline with the flags in `argv` (default: the command line); return the results."""
-    argv = command_line(argv)  # sys.argv[1:] by default ([] in a Jupyter notebook)
+    argv = command_line(argv)  # Part 3: sys.argv[1:] by default ([] in a Jupyter notebook)
+    # 1. 超參設定: DEFAULTS, overridden by the flags; the device, the config line, the seed
     args = parse_args(argv)  # Part 3: every flag is checked before anything runs
     if args.show_shapes:  # Part 1: the tutorial's nn.LSTM shape table for these flags, then stop
         return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
     with one_line_errors():  # Part 3: a problem the user can fix ends in one line, not a traceback
-        # 1. 超參設定: the device, the config line, the seed
         device = pick_device(args.device)
-        precision = prepare_run(args, device)  # prints the device and the config; --amp's settings
+        precision = prepare_run(args, device)  # Part 3: prints device and config, checks --out-dir; --amp
         torch.manual_seed(args.seed)  # the initial weights and dropout
         # 2. MINST數據集匯入
         loaders = load_data(args.data_dir, args.dataset, device, args.batch_size, args.seed, args.max_batches,
                             args.val_size)
         # 3. 定義LSTM結構
-        model = build_model(model_hparams(args)).to(device)
+        model = build_model(model_hparams(args)).to(device)  # the tutorial's RNN(28, 128, 2, 10) and .cuda()
         # 4. 定義損失函數和優化器
-        criterion, optimizer = make_criterion_and_optimizer(model, args.lr, args.weight_decay, args.label_smoothing)
+        criterion, optimizer = make_criterion_and_optimizer(model, args.lr, args.weight_decay)
         levers = make_levers(model, optimizer, args, len(loaders["train"]), precision)  # Part 2: all off by default
-        run = RunState(model, optimizer, levers, loaders["generator"], args)  # Part 3: what checkpoint.pt holds
+        run = RunState(model, optimizer, levers, loaders, args)  # Part 3: what checkpoint.pt holds
         # 5. 訓練和測試過程 (checkpoint.pt is saved after every epoch)
         if args.resume or args.eval_only:
             restore(run, args)  # Part 3: continue from checkpoint.pt, or only reload its weights
@@ -411,11 +417,11 @@ def main(argv=None):
             with explain_interrupt(run, argv):  # Part 3: Ctrl-C says what was kept and how to resume
                 fit(run, loaders, criterion, args)
         # 6. 儲存模型
-        path = save_model(run.tested, args.out_dir)
+        path = save_model(run.tested, args.out_dir)  # the trained model (with --ema, its average)
         # 7. 最終效能測試
         model, test_loss, test_acc = final_test(path, run, loaders["test"], criterion)
         # 8. 提取一個範例進行直觀認識
-        class_names = DATASETS[args.dataset][1]
+        class_names = DATASETS[args.dataset][1]  # Part 2: "0" to "9" for MNIST
         show_example(model, loaders["test"], class_names)
         figures = draw_figures(model, loaders["test"], run.history, class_names, args.out_dir, args.show)
         print(f"final test accuracy: {test_acc:.2f}%")
@@ -425,7 +431,7 @@ def main(argv=None):
 
 
 # ===========================================================================
-# Part 1. Inside the LSTM (optional reading; 選讀:LSTM 的內部)
+# Part 1. Inside the LSTM (optional reading; 選讀：LSTM 的內部)
 # For the learner who wants to see what the tutorial's theory means in numbers: the
 # shape table of nn.LSTM (--show-shapes), one LSTM step computed by hand from nn.LSTM's
 # own weights, and the figures beyond the tutorial's one example. Nothing on the
@@ -535,6 +541,8 @@ def lstm_by_hand(lstm, inputs):
 N_GRID = 16  # test digits drawn in predictions.png (a 4 x 4 grid)
 N_READING = 6  # test digits drawn in reading.png (2 rows of 3)
 N_READING_MISTAKES = 2  # of which at most this many are mistakes, when there are any
+SETTLED_PROB = 0.5  # reading.png: an answer has settled once it keeps at least this probability
+INK = 0.5  # reading.png: a row has ink once a pixel is this bright (0 black .. 1 white)
 N_UNITS = 32  # units drawn in gates.png: those whose cell state varies most over the rows
 N_MISTAKES = 24  # misclassified test digits drawn in mistakes.png (a 4 x 6 gallery)
 
@@ -583,20 +591,25 @@ def plot_scores(model, image, label, class_names, path):
 
 
 def plot_curves(history, path):
-    """curves.png: train and test (or, with --val-size, validation) loss and accuracy per epoch."""
+    """curves.png: loss, accuracy and error rate per epoch, of training and the test (or --val-size) set."""
     import matplotlib.pyplot as plt
 
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    splits = ["train"] + [split for split in ("val", "test") if f"{split}_acc" in history[0]]
+    fig, (ax_loss, ax_acc, ax_error) = plt.subplots(1, 3, figsize=(15, 3.8))
+    smoothing = history[0].get("label_smoothing") if history else 0
+    splits = ["train"] + [split for split in ("val", "test") if history and f"{split}_acc" in history[0]]
     for split in splits:
-        ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
+        name = f"train (smoothed targets, eps {smoothing:g})" if split == "train" and smoothing else split
+        ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=name)
         ax_acc.plot(epochs, [row[f"{split}_acc"] for row in history], marker="o", label=split)
+        ax_error.plot(epochs, [100 - row[f"{split}_acc"] for row in history], marker="o", label=split)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss per image", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    ax_error.set(xlabel="epoch", ylabel="error = 100 - accuracy (%), log scale", title="error rate")
+    ax_error.set_yscale("log", nonpositive="mask")  # 2% -> 1% -> 0.5% are equal steps: where runs differ
+    for ax in (ax_loss, ax_acc, ax_error):
         ax.legend()
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -626,17 +639,29 @@ def probs_while_reading(model, images):
     return model.classifier(output).softmax(dim=2).cpu()  # (batch, 28, n_class)
 
 
-def settled_row(guesses):
-    """The first row from which the likeliest class no longer changes; guesses: (28,) class indices."""
-    changes = (guesses != guesses[-1]).nonzero()
-    return int(changes[-1]) + 1 if len(changes) else 0
+def settled_row(steps, image):
+    """The row from which the final answer holds: the likeliest class, with probability >= SETTLED_PROB.
+
+    steps: (28 rows, n_class), the probabilities after each row; image: (28, 28). Rows above
+    the first row with ink (a pixel of INK or more) do not count: blank rows tell every
+    image apart from none, so an answer "settled" there would only be the model's guess
+    for a blank start. None if the answer does not hold even at the last row.
+    """
+    final = int(steps[-1].argmax())
+    holds = (steps.argmax(dim=1) == final) & (steps[:, final] >= SETTLED_PROB)  # (28,)
+    if not holds[-1]:
+        return None
+    breaks = (~holds).nonzero()
+    inked = (image.amax(dim=1) >= INK).nonzero()
+    first_ink = int(inked[0]) if len(inked) else 0
+    return max(int(breaks[-1]) + 1 if len(breaks) else 0, first_ink)
 
 
 def pick_for_reading(preds, labels):
-    """Indices of N_READING test digits: the first N_READING_MISTAKES mistakes, then the first digits."""
-    wrong = (preds != labels).nonzero().flatten()[:N_READING_MISTAKES].tolist()
-    others = [i for i in range(min(len(labels), N_READING + len(wrong))) if i not in wrong]
-    return sorted(wrong + others[: N_READING - len(wrong)])
+    """Indices of up to N_READING test digits: the first N_READING_MISTAKES mistakes, then the first right ones."""
+    wrong = (preds != labels).nonzero().flatten()[:N_READING_MISTAKES]
+    right = (preds == labels).nonzero().flatten()[: N_READING - len(wrong)]
+    return sorted(wrong.tolist() + right.tolist())
 
 
 def plot_reading(model, images, labels, probs, class_names, path):
@@ -651,27 +676,31 @@ def plot_reading(model, images, labels, probs, class_names, path):
                              gridspec_kw={"width_ratios": [SEQ_LEN, len(class_names)] * cols})
     for (ax_image, ax_probs), i, steps in zip(axes.reshape(-1, 2), chosen, reading):
         label, pred = int(labels[i]), int(preds[i])
-        settled = settled_row(steps.argmax(dim=1))
         shown = images[i].cpu().clone()  # (28, 28)
-        shown[settled + 1 :] *= 0.3  # dim the rows read after the answer stopped changing
+        settled = settled_row(steps, shown)
+        if settled is not None:
+            shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled
         ax_image.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
         between = " / " if len(class_names[0]) == 1 else "\n"  # fashion-mnist's long names: two lines
         ax_image.set_title(f"pred {class_names[pred]}{between}true {class_names[label]}",
                            color="black" if pred == label else "red")
-        ax_image.set(xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t (time step)",
-                     xlabel=f"says {class_names[pred]} from row {settled} on")
+        says = (f"says {class_names[pred]} from row {settled} on" if settled is not None
+                else f"never sure: p({class_names[pred]}) < {SETTLED_PROB:g}")
+        ax_image.set(xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t (time step)", xlabel=says)
         heatmap = ax_probs.imshow(steps.numpy(), cmap="viridis", vmin=0, vmax=1)
         ax_probs.set_xticks(range(len(class_names)), class_names, fontsize=8,
                             rotation=90 if len(class_names[0]) > 1 else 0)
         ax_probs.get_xticklabels()[label].set(color="tab:green", fontweight="bold")  # the true class
         ax_probs.set_yticks([])
         for ax in (ax_image, ax_probs):
-            ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
+            if settled is not None:
+                ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
     for ax in axes.flat[2 * len(chosen) :]:  # a test set smaller than N_READING
         ax.axis("off")
     fig.colorbar(heatmap, ax=axes, shrink=0.5, label="probability after reading rows 0 to t")
     fig.suptitle("Reading row by row: softmax(classifier(output[:, t])) after each row t (true class in green)\n"
-                 "Below the orange line the answer no longer changes; those rows are dimmed")
+                 f"From the orange line on (never above the first row with ink) the final answer keeps "
+                 f"p >= {SETTLED_PROB:g}; the rows after it are dimmed")
     fig.savefig(path)
     plt.close(fig)
 
@@ -796,10 +825,10 @@ def show_figures(paths):
 
 
 # ===========================================================================
-# Part 2. Beyond the tutorial's recipe (opt-in flags; 教學文配方之外,加參數才會用到)
+# Part 2. Beyond the tutorial's recipe (opt-in flags; 教學文配方之外：大多加參數才會用到)
 # For the learner who has run the tutorial's recipe and wants to go further: the
 # recipes (--recipe fast, best) and the levers they are built from, the validation
-# split, mixed precision, and the fast in-memory loader that the default run uses too.
+# split, mixed precision; and the fast in-memory loader, which every run uses.
 # Every value here was chosen on a validation split, never on the test set (README).
 # ===========================================================================
 
@@ -891,15 +920,23 @@ class Levers:
     It also runs the forward pass under `autocast` (--amp; otherwise a no-op).
     """
 
-    def __init__(self, model=None, optimizer=None, augment=False, precision=None, scheduler=None, ema=None):
+    def __init__(self, model=None, optimizer=None, augment=False, precision=None, scheduler=None, ema=None,
+                 label_smoothing=0.0):
         self.model, self.optimizer, self.warp = model, optimizer, augment
         self.autocast = precision.autocast if precision else contextlib.nullcontext()
         self.scaler = precision.scaler if precision else torch.amp.GradScaler(enabled=False)
         self.scheduler, self.ema = scheduler, ema  # --one-cycle's OneCycleLR; --ema's AveragedModel
+        self.label_smoothing = label_smoothing
         self.step_changed = bool(scheduler or ema or self.scaler.is_enabled())
 
     def augment(self, images):
         return random_warp(images) if self.warp else images
+
+    def train_criterion(self, criterion):
+        """The loss to train on: `criterion`, or with --label-smoothing a smoothed one (never used to test)."""
+        if not self.label_smoothing:
+            return criterion
+        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
 
     def step(self, loss):
         """loss.backward() and optimizer.step(), with what --amp, --one-cycle and --ema add around them."""
@@ -910,8 +947,11 @@ class Levers:
         if self.scheduler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(self.model.parameters(), CLIP_NORM)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)  # optimizer.step(), skipped if a scaled gradient overflowed
         self.scaler.update()  # after an overflow, a smaller scale
+        if scale is not None and self.scaler.get_scale() < scale:
+            return  # the step was skipped: the schedule and the average wait for a real one
         if self.scheduler:
             self.scheduler.step()
         if self.ema:
@@ -924,14 +964,16 @@ def make_levers(model, optimizer, args, steps_per_epoch, precision):
         open_forget_gates(model.lstm, args.forget_bias)
     scheduler = make_scheduler(optimizer, args.lr, args.epochs, steps_per_epoch) if args.one_cycle else None
     ema = make_ema(model, args.ema) if args.ema else None
-    return Levers(model, optimizer, args.augment, precision, scheduler, ema)
+    return Levers(model, optimizer, args.augment, precision, scheduler, ema, args.label_smoothing)
 
 
 def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
     """--one-cycle: the learning rate warms up to ONE_CYCLE_PEAK * lr, then anneals to ~0.
 
     Warming up lets a 5x higher rate be used without the first steps blowing up, and
-    annealing to ~0 lets the weights settle at the end.
+    annealing to ~0 lets the weights settle at the end. PyTorch's OneCycleLR, with its
+    defaults: the rate starts at 1/25 of the peak (0.2x --lr), rises for the first 30% of
+    the steps, and Adam's beta1 (its momentum) moves the other way, 0.95 -> 0.85 -> 0.95.
     """
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=ONE_CYCLE_PEAK * lr,
                                                total_steps=epochs * steps_per_epoch)
@@ -940,13 +982,20 @@ def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
 def make_ema(model, decay):
     """--ema: a copy of the model whose weights follow an exponential moving average.
 
-    After every step, ema = decay * ema + (1 - decay) * weights, so it averages over the
-    last ~1 / (1 - decay) steps and smooths out the noise of single batches. PyTorch's
+    After every step, ema = d * ema + (1 - d) * weights, so it averages over the last
+    ~1 / (1 - d) steps and smooths out the noise of single batches. d warms up to `decay`
+    as min(decay, (1 + n) / (10 + n)) after n updates: with a fixed 0.999 the average
+    would stay close to the random start for the first thousand steps. PyTorch's
     AveragedModel does the bookkeeping; `ema.module` is an ordinary RNN.
     """
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    def update(averages, weights, n_averaged):  # lists of tensors; n_averaged: a tensor on the device
+        d = ((1 + n_averaged) / (10 + n_averaged)).clamp(max=decay)
+        for average, weight in zip(averages, weights):
+            average.lerp_(weight, 1 - d)  # average + (1 - d) * (weight - average)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def open_forget_gates(lstm, forget_bias):
@@ -1002,8 +1051,9 @@ def amp_context(device, amp):
         return cuda_amp(device)
     if device.type == "cpu" and cpu_has("_is_avx512_bf16_supported"):
         note = None
-        if not cpu_has("_is_amx_tile_supported"):  # README: what was measured without AMX
-            note = "--amp: this CPU has no AMX units; bfloat16 may train slower than float32 here"
+        if not cpu_has("_is_amx_tile_supported"):  # README: slower on one such Xeon, faster on one EPYC
+            note = ("--amp: this CPU has bfloat16 instructions but no AMX units; whether bfloat16 trains "
+                    "faster than float32 here is not known: time an epoch of each")
         # bfloat16 keeps float32's exponent range, so gradients need no scaling.
         return Precision(torch.autocast("cpu", dtype=torch.bfloat16), no_scaling, "bfloat16 autocast", note)
     return Precision(contextlib.nullcontext(), no_scaling, None,
@@ -1058,7 +1108,7 @@ def cpu_has(probe):
 
 
 # ===========================================================================
-# Part 3. Plumbing a learner may skip (雜務:可以跳過)
+# Part 3. Plumbing a learner may skip (雜務：可以跳過)
 # Input checks, the checkpoint and its validation, safe writes, resume and interrupts,
 # CPU tuning, the command line. Nothing above depends on how these work, only on what
 # their docstrings promise.
@@ -1226,6 +1276,9 @@ def check_idx_file(path, n_dims):
         )
     if n_dims == 3 and dims[1:] != [SEQ_LEN, IN_DIM]:
         raise RunError(f"{path} holds {dims[1]}x{dims[2]} images, not 28x28; replace it")
+    if dims[0] == 0:
+        raise RunError(f"{path} holds no {'images' if n_dims == 3 else 'labels'} (its header says 0); "
+                       f"replace it with a fresh copy")
 
 
 def check_labels(data, data_dir, class_name, train):
@@ -1254,16 +1307,20 @@ MODEL_FLAGS = {
     "bias": "--no-bias",
     "batch_first": "--no-batch-first",
 }
-# The training flags a checkpoint records and --resume must keep, to repeat the run.
-TRAIN_FLAGS = {
-    "recipe": "--recipe",
+# The training flags the course of a run depends on: --resume must be given the same ones, or it
+# would not repeat the run. (Not the recipe's name, the seed or --forget-bias: the checkpoint holds
+# their effect. --epochs matters only to --one-cycle's plan, checked apart.)
+RESUME_FLAGS = {
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "max_batches": "--max-batches",
+    "amp": "--amp",
     "val_size": "--val-size",
     "one_cycle": "--one-cycle",
     "weight_decay": "--weight-decay",
     "label_smoothing": "--label-smoothing",
     "augment": "--augment",
     "ema": "--ema",
-    "forget_bias": "--forget-bias",
 }
 
 
@@ -1284,12 +1341,19 @@ class RunState:
     checkpoint's layout, written here only; load_state_dict() reads it back for --resume.
     """
 
-    def __init__(self, model, optimizer, levers, generator, args):
-        self.model, self.optimizer, self.levers, self.generator = model, optimizer, levers, generator
+    def __init__(self, model, optimizer, levers, loaders, args):
+        self.model, self.optimizer, self.levers, self.generator = model, optimizer, levers, loaders["generator"]
         self.hparams, self.dataset, self.out_dir = model_hparams(args), args.dataset, args.out_dir
-        self.settings = {key: getattr(args, key) for key in ["batch_size", "lr", "seed", "epochs", *TRAIN_FLAGS]}
+        # What the run's course depends on (RESUME_FLAGS, the steps per epoch), and for the record
+        # what it does not: the recipe's name, the seed (the random state is saved), the forget bias.
+        self.settings = {key: getattr(args, key) for key in [*RESUME_FLAGS, "epochs", "seed", "recipe", "forget_bias"]}
+        self.settings["steps_per_epoch"] = len(loaders["train"])
         self.epoch, self.history = 0, []  # epochs done, and one dict of results per epoch
-        self.saved_epoch = 0  # the epoch checkpoint.pt holds
+        self.saved_epoch = 0  # the epoch checkpoint.pt holds (0: none of this run yet)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
 
     @property
     def tested(self):
@@ -1311,7 +1375,7 @@ class RunState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler else None,
             "scaler": self.levers.scaler.state_dict(),  # float16 --amp's loss scale ({} when off)
-            "rng": random_state(self.generator),  # what the next epoch draws from: a resume repeats it
+            "rng": random_state(self.generator, self.device),  # what the next epoch draws from: a resume repeats it
         }
 
     def load_state_dict(self, checkpoint):
@@ -1327,8 +1391,8 @@ class RunState:
             scaler.load_state_dict(checkpoint["scaler"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         self.generator.set_state(checkpoint["rng"]["data_order"])
-        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        if checkpoint["rng"]["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], self.device)
         self.epoch = self.saved_epoch = checkpoint["epoch"]
         self.history = checkpoint["history"]
 
@@ -1338,9 +1402,19 @@ def save_checkpoint(run, out_dir):
     path = checkpoint_path(out_dir)
     with atomic_file(path) as f:
         torch.save(run.state_dict(), f)
+        if run.saved_epoch == 0:  # a fresh run's first save, now written: keep the run it replaces
+            keep_previous_run(out_dir)
     run.saved_epoch = run.epoch
     print(f"saved {path}")
     return path
+
+
+def keep_previous_run(out_dir):
+    """Rename the checkpoint.pt and RNN.pth of an earlier run to *.previous.* (one level is kept)."""
+    for name, previous in [(CHECKPOINT_NAME, "checkpoint.previous.pt"), ("RNN.pth", "RNN.previous.pth")]:
+        if (Path(out_dir) / name).exists():
+            os.replace(Path(out_dir) / name, Path(out_dir) / previous)
+            print(f"kept the previous run's {name} as {Path(out_dir) / previous}")
 
 
 @contextlib.contextmanager
@@ -1351,6 +1425,7 @@ def atomic_file(path):
     once complete: the rename is atomic, so `path` always holds the old or the new file.
     """
     fd, tmp_name = tempfile.mkstemp(prefix=Path(path).name + ".", suffix=".tmp", dir=Path(path).parent)
+    os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes it private (0600); the figures follow the umask
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -1362,10 +1437,20 @@ def atomic_file(path):
             os.remove(tmp_name)
 
 
-def random_state(generator):
-    """Everything random the next epoch draws from: resuming from it repeats the run (on the CPU)."""
+def current_umask():
+    umask = os.umask(0)  # the only way to read it is to set it, so set it straight back
+    os.umask(umask)
+    return umask
+
+
+def random_state(generator, device):
+    """Everything random the next epoch draws from: resuming from it repeats the run (on the CPU).
+
+    On a GPU, only the random state of the GPU the run uses (dropout draws from it); a CPU
+    run never touches CUDA, even on a machine that has it.
+    """
     return {"torch": torch.get_rng_state(), "data_order": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def load_checkpoint(path, args):
@@ -1383,10 +1468,14 @@ def load_checkpoint(path, args):
             raise RunError(f"{path} refused: it asks for the Python object {refused.group(1)}, which "
                            f"could run code; load only checkpoints this script wrote") from None
         raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
-    required = {"dataset", "hparams", "settings", "epoch", "history", "model", "optimizer", "scheduler", "rng"}
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT \
-            or not required <= checkpoint.keys():
+    if not isinstance(checkpoint, dict) or not str(checkpoint.get("format")).startswith("lstm_mnist checkpoint"):
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py")
+    if checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise RunError(f"{path} was written by another version of lstm_mnist.py ({checkpoint['format']}; this one "
+                       f"reads {CHECKPOINT_FORMAT}); train again, or use the version that wrote it")
+    problem = layout_problem(checkpoint)
+    if problem:
+        raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py, or it is damaged: {problem}")
     if checkpoint["dataset"] != args.dataset:
         raise RunError(f"{path} was trained on {checkpoint['dataset']}, not {args.dataset}; "
                        f"pass --dataset {checkpoint['dataset']}")
@@ -1394,12 +1483,50 @@ def load_checkpoint(path, args):
     return checkpoint
 
 
+# checkpoint.pt's layout, as RunState.state_dict() writes it: every key and the type of its value.
+CHECKPOINT_LAYOUT = {
+    "format": str, "dataset": str, "hparams": dict, "settings": dict, "epoch": int, "history": list,
+    "model": dict, "trained_weights": (dict, type(None)), "ema_updates": int, "optimizer": dict,
+    "scheduler": (dict, type(None)), "scaler": dict, "rng": dict,
+}
+
+
+def layout_problem(checkpoint):
+    """What does not match CHECKPOINT_LAYOUT, in a few words; None if the checkpoint has the layout."""
+    for key, kind in CHECKPOINT_LAYOUT.items():
+        if not isinstance(checkpoint.get(key), kind):
+            return f"{key!r} is missing or of the wrong type"
+    missing = (MODEL_FLAGS.keys() - checkpoint["hparams"].keys()) or \
+        ({*RESUME_FLAGS, "epochs", "steps_per_epoch"} - checkpoint["settings"].keys())
+    if missing:
+        return f"its record of the flags lacks {sorted(missing)[0]!r}"
+    if checkpoint["epoch"] < 0 or len(checkpoint["history"]) != checkpoint["epoch"] \
+            or not all(isinstance(row, dict) and "epoch" in row for row in checkpoint["history"]):
+        return f"its history does not hold one row per epoch ({checkpoint['epoch']} epochs)"
+    rng = checkpoint["rng"]
+    if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("data_order"), torch.Tensor)
+            and isinstance(rng.get("cuda"), (torch.Tensor, type(None)))):
+        return "its random state is incomplete"
+    return None
+
+
 def refuse_changes(path, saved, args, flags, advice):
-    """Raise RunError naming the first of `flags` whose value differs from the checkpoint's."""
+    """Raise RunError naming the first of `flags` whose value differs from the checkpoint's, and the value to pass."""
     for key, flag in flags.items():
         if saved.get(key) != getattr(args, key):
             raise RunError(f"{path} was trained with {key}={saved.get(key)}, this run asks for "
-                           f"{key}={getattr(args, key)} ({flag}); {advice}")
+                           f"{key}={getattr(args, key)} ({flag}); {advice}: {as_flag(flag, saved.get(key), args)}")
+
+
+def as_flag(flag, value, args):
+    """How to ask for `value` on the command line: '--lr 0.001', '--augment', 'no --max-batches'."""
+    if flag.startswith("--no-"):  # --no-bias asks for bias=False; bias=True is the flag left out
+        return flag if value is False else f"no {flag}"
+    if value is None or value is False:
+        name = flag.removeprefix("--").replace("-", "_")
+        also = f" (and no --recipe {args.recipe}, which sets it)" if RECIPES[args.recipe].get(name) else ""
+        return f"no {flag}{also}"
+    return flag if value is True else f"{flag} {value}"
 
 
 def load_weights(model, state_dict, path):
@@ -1432,18 +1559,18 @@ def restore(run, args):
         run.epoch = run.saved_epoch = checkpoint["epoch"]
         return
     saved = checkpoint["settings"]
-    # A resumed run must keep its recipe and its training images to repeat the original.
-    refuse_changes(path, saved, args, TRAIN_FLAGS, "resume with the same flags")
+    # A resumed run repeats the original only with the same course: refuse before anything is written.
+    refuse_changes(path, saved, args, RESUME_FLAGS, "resume with the flags it was trained with")
     if args.one_cycle and saved["epochs"] != args.epochs:
         raise RunError(f"{path} follows a one-cycle schedule planned for {saved['epochs']} epochs; "
                        f"resume with --epochs {saved['epochs']}")
+    if saved["steps_per_epoch"] != run.settings["steps_per_epoch"]:
+        raise RunError(f"{path} was trained with {saved['steps_per_epoch']} steps per epoch, this run has "
+                       f"{run.settings['steps_per_epoch']}: the training images differ; use the same --data-dir")
     try:
         run.load_state_dict(checkpoint)
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise RunError(f"{path}: its weights do not fit the model it records ({last_line(err)})") from None
-    for key in ("batch_size", "lr"):
-        if saved[key] != getattr(args, key):
-            print(f"note: resuming with {key}={getattr(args, key)} (the checkpoint used {saved[key]})")
     print(f"resuming after epoch {checkpoint['epoch']} from {path}")
     if checkpoint["epoch"] >= args.epochs:
         print(f"the checkpoint already has {checkpoint['epoch']} epochs; raise --epochs to train more")
@@ -1504,6 +1631,7 @@ whole_number = checked(int, lambda value: value >= 0, "a whole number, 0 or more
 positive_float = checked(float, lambda value: math.isfinite(value) and value > 0, "a positive finite number")
 probability = checked(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
 non_negative_float = checked(float, lambda value: math.isfinite(value) and value >= 0, "a number, 0 or more")
+seed_number = checked(int, lambda value: 0 <= value < 2**64, "a whole number from 0 to 2**64 - 1")
 
 
 def build_parser():
@@ -1546,7 +1674,7 @@ def build_parser():
                            help="folder for the checkpoint and the figures (default: %(default)s)")
     run_group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=d["device"],
                            help="auto = CUDA, else Apple MPS, else CPU (default: %(default)s)")
-    run_group.add_argument("--seed", type=int, default=d["seed"], metavar="N",
+    run_group.add_argument("--seed", type=seed_number, default=d["seed"], metavar="N",
                            help="random seed: weights, data order, dropout (default: %(default)s)")
     run_group.add_argument("--log-interval", type=positive_int, default=d["log_interval"], metavar="N",
                            help="print the running loss every N training batches (default: %(default)s)")
@@ -1570,8 +1698,9 @@ def build_parser():
                         help="hold out N training images and report on them each epoch instead of the "
                              "test set, to choose settings without looking at the test set (default: 0, off)")
     beyond.add_argument("--one-cycle", action="store_true", default=d["one_cycle"],
-                        help=f"OneCycleLR up to {ONE_CYCLE_PEAK}x --lr and down to ~0 over --epochs, gradient "
-                             f"norm clipped at {CLIP_NORM} (default: off, constant lr)")
+                        help=f"OneCycleLR: from 0.2x --lr up to {ONE_CYCLE_PEAK}x --lr and down to ~0 over --epochs, "
+                             f"while Adam's beta1 goes 0.95 -> 0.85 -> 0.95; gradient norm clipped at {CLIP_NORM} "
+                             f"(default: off, constant lr)")
     beyond.add_argument("--weight-decay", type=non_negative_float, default=d["weight_decay"], metavar="WD",
                         help="AdamW with this decoupled weight decay (default: 0, plain Adam)")
     beyond.add_argument("--label-smoothing", type=probability, default=d["label_smoothing"], metavar="EPS",
@@ -1630,10 +1759,12 @@ def is_kernel_command_line(argv):
 def parse_args(argv=None):
     """Parse and check every argument before any data is read or any epoch runs."""
     parser = build_parser()
-    # A --recipe changes the defaults of the flags it stands for; flags given on the
-    # command line still override them, one by one.
-    recipe = parser.parse_known_args(argv)[0].recipe
-    parser.set_defaults(**RECIPES[recipe])
+    # A --recipe changes the defaults of the flags it stands for (in --help too); flags given
+    # on the command line still override them, one by one.
+    recipe_only = argparse.ArgumentParser(add_help=False)
+    recipe_only.add_argument("--recipe")
+    recipe = recipe_only.parse_known_args(argv)[0].recipe
+    parser.set_defaults(**RECIPES.get(recipe, {}))
     args = parser.parse_args(argv)
     if args.dropout > 0 and args.n_layer == 1:
         parser.error("argument --dropout: needs --n-layer 2 or more (nn.LSTM applies dropout "
@@ -1643,6 +1774,9 @@ def parse_args(argv=None):
     if args.device == "mps" and not torch.backends.mps.is_available():
         parser.error("argument --device: mps is not available on this machine; use auto or cpu")
     if args.forget_bias and not args.bias:
+        if RECIPES[args.recipe].get("forget_bias") == args.forget_bias:  # the recipe's, not typed
+            parser.error(f"argument --no-bias: --recipe {args.recipe} opens the forget gates with --forget-bias "
+                         f"{args.forget_bias:g}, which needs the biases; add --forget-bias 0 to go without them")
         parser.error("argument --forget-bias: not allowed with --no-bias (there is no bias to raise)")
     if args.resume and args.eval_only:
         parser.error("argument --eval-only: not allowed with --resume; pick one")

@@ -22,7 +22,6 @@ Not collected by pytest (its name does not start with test_).
 """
 
 import argparse
-import math
 import statistics
 import sys
 import time

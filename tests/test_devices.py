@@ -113,7 +113,8 @@ def test_cpu_amp_is_bf16_autocast_without_scaling_where_the_cpu_has_bf16(monkeyp
     lstm_mnist.prepare_run(lstm_mnist.parse_args(["--amp", "--out-dir", str(tmp_path)]), torch.device("cpu"))
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "device: cpu (bfloat16 autocast)"
-    no_amx_note = "--amp: this CPU has no AMX units; bfloat16 may train slower than float32 here"
+    no_amx_note = ("--amp: this CPU has bfloat16 instructions but no AMX units; whether bfloat16 trains "
+                   "faster than float32 here is not known: time an epoch of each")
     assert (printed[1] == no_amx_note) is (not amx)
     precision = lstm_mnist.amp_context(torch.device("cpu"), amp=True)
     assert precision.autocast.fast_dtype == torch.bfloat16 and not precision.scaler.is_enabled()

@@ -76,3 +76,28 @@ def test_chinese_guide_shows_only_flags_that_help_has():
     shown = {flag for line in lines for flag in FLAG.findall(line)}
     assert shown, "the guide shows no flag at all: did the parsing break?"
     assert shown - help_flags() == set()
+
+
+LINE_KINDS = [("device", r"device: "), ("config", r"config: "), ("log", r"  epoch "), ("epoch", r"epoch "),
+              ("saved", r"saved "), ("kept", r"kept the previous run"), ("final", r"Final Test"),
+              ("final loss", r"final test loss: "), ("example", r"test image 0: "),
+              ("accuracy", r"final test accuracy: ")]
+
+
+def line_kinds(lines):
+    """The kind of each printed line, repeats of one kind collapsed (a real epoch logs more batches)."""
+    kinds = []
+    for line in lines:
+        kind = next((name for name, start in LINE_KINDS if re.match(start, line)), "continued")
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
+    return kinds
+
+
+def test_the_sample_output_has_the_lines_a_run_prints_in_their_order(run_main, capsys):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    sample = readme.split("## Sample output", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    assert "recorded before" not in readme
+    run_main("--epochs", "1")
+    printed = capsys.readouterr().out
+    assert line_kinds(sample.splitlines()) == line_kinds(printed.splitlines())

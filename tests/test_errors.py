@@ -291,7 +291,8 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint(trained, monkeypatc
     monkeypatch.setattr(lstm_mnist.torch, "save", dies_midway)
     args = lstm_mnist.parse_args(["--out-dir", str(out_dir), "--hidden-dim", "16"])
     model = lstm_mnist.RNN(28, 16, 2, 10)
-    run = lstm_mnist.RunState(model, torch.optim.Adam(model.parameters()), lstm_mnist.Levers(), torch.Generator(), args)
+    loaders = {"generator": torch.Generator(), "train": [None] * 8}  # what RunState reads of the loaders
+    run = lstm_mnist.RunState(model, torch.optim.Adam(model.parameters()), lstm_mnist.Levers(), loaders, args)
     run.epoch = 2
     with pytest.raises(KeyboardInterrupt):
         lstm_mnist.save_checkpoint(run, out_dir)

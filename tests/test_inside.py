@@ -72,11 +72,6 @@ def test_after_the_last_row_the_reading_is_the_models_prediction(batch_first):
     assert torch.equal(lstm_mnist.probs_while_reading(model, changed)[:, :-1], reading[:, :-1])
 
 
-def test_the_settled_row_is_where_the_last_change_of_mind_happened():
-    assert lstm_mnist.settled_row(torch.tensor([3, 3, 5, 3, 7, 7, 7])) == 4
-    assert lstm_mnist.settled_row(torch.tensor([7, 7, 7])) == 0
-
-
 def figure_inputs(n=120, **kwargs):
     torch.manual_seed(0)
     model = RNN(28, 16, 2, 10, **kwargs).eval()

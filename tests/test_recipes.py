@@ -67,12 +67,13 @@ def test_augmentation_is_used_in_training_only(tiny_data, monkeypatch):
     assert calls == [50, 50, 50]  # the test set is never warped
 
 
-def test_weight_decay_and_label_smoothing_build_adamw_and_a_smoothed_loss():
+def test_weight_decay_builds_adamw_and_label_smoothing_only_trains_on_a_smoothed_loss():
     model = lstm_mnist.RNN(28, 16, 2, 10)
-    criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, 1e-3, weight_decay=0.05,
-                                                                   label_smoothing=0.1)
+    criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, 1e-3, weight_decay=0.05)
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.05
-    assert criterion.label_smoothing == 0.1
+    assert criterion.label_smoothing == 0.0  # what every test and validation loss is measured with
+    assert lstm_mnist.Levers(label_smoothing=0.1).train_criterion(criterion).label_smoothing == 0.1
+    assert lstm_mnist.Levers().train_criterion(criterion) is criterion
     criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, 1e-3)
     assert type(optimizer) is torch.optim.Adam and criterion.label_smoothing == 0.0  # the tutorial's
 
@@ -124,14 +125,26 @@ def test_the_final_test_of_an_ema_run_says_it_tests_the_average(run_main, capsys
     assert "Final Test (the moving average of the weights, --ema)" in capsys.readouterr().out
 
 
-def test_resuming_with_another_recipe_is_refused_in_one_line(run_main, tiny_data, tmp_path, capsys):
+def test_resuming_without_a_lever_of_the_recipe_is_refused_in_one_line(run_main, tiny_data, tmp_path, capsys):
     run_main("--recipe", "fast", "--epochs", "1", out_dir=tmp_path / "fast")
     with pytest.raises(SystemExit) as exit_info:
         lstm_mnist.main([*TINY_ARGS, "--data-dir", str(tiny_data), "--out-dir", str(tmp_path / "fast"),
-                         "--resume", "--epochs", "1", "--batch-size", "50", "--one-cycle"])
+                         "--resume", "--epochs", "3", "--batch-size", "50", "--one-cycle"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "recipe=fast" in err and "recipe=tutorial" in err and "--recipe" in err
+    assert err.count("\n") == 1 and "ema=0.998" in err and "resume with the flags it was trained with: --ema 0.998" in err
+
+
+def test_the_recipes_name_and_forget_bias_are_not_what_resume_checks(run_main, tmp_path, monkeypatch):
+    """The recipe spelled out as flags resumes it: its name and the forget bias at the start do not steer the rest."""
+    straight = run_main("--recipe", "fast", out_dir=tmp_path / "straight")
+    save = interrupt_at_epoch(monkeypatch, 2)
+    with pytest.raises(SystemExit):
+        run_main("--recipe", "fast", out_dir=tmp_path / "split")
+    monkeypatch.setattr(lstm_mnist, "save_checkpoint", save)
+    resumed = run_main("--epochs", "3", "--batch-size", "50", "--one-cycle", "--ema", "0.998", "--resume",
+                       out_dir=tmp_path / "split")
+    assert metrics(resumed["history"]) == metrics(straight["history"])
 
 
 def test_forget_bias_raises_only_the_forget_gates_bias_in_every_layer_and_direction():
