@@ -245,18 +245,28 @@ def test_the_real_command_line_prints_no_traceback(args, tmp_path):
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 2, done.stderr
 
 
+def ctrl_c_as_in_a_terminal():
+    """In the child before it starts Python: Ctrl-C's default action and unblocked, whatever pytest passed on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_the_same_run(tiny_data, tmp_path):
     epochs = 40
     args = [*TINY_ARGS, "--data-dir", tiny_data, "--epochs", epochs]
     checkpoint = tmp_path / "split" / lstm_mnist.CHECKPOINT_NAME
+    # What the test process passes on about Ctrl-C (a disposition, a blocked mask), for the failure message.
+    inherited = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, []))
     process = subprocess.Popen([sys.executable, SCRIPT, *map(str, args), "--out-dir", tmp_path / "split"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    sent_while_running = process.poll() is None
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=300)
-    assert process.returncode == 130, err
+    assert process.returncode == 130, (err, sent_while_running, inherited)
     assert "Traceback" not in err and "--resume" in err and "intact" in err
     saved = torch.load(checkpoint, weights_only=True)  # loadable, and short of the full run
     assert 1 <= saved["epoch"] < epochs
