@@ -68,6 +68,16 @@ def run_main(tiny_data, tmp_path):
     return run
 
 
+def fails(capsys, argv, code):
+    """Run main(argv), expect SystemExit(code), and return the single line it printed on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        lstm_mnist.main([str(arg) for arg in argv])
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
 def metrics(history):
     """The history without the wall times, which differ between identical runs."""
     return [{key: value for key, value in row.items() if key != "seconds"} for row in history]

@@ -9,20 +9,10 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, TINY_ARGS, lstm_mnist, metrics
+from conftest import REPO, TINY_ARGS, fails, lstm_mnist, metrics
 
 SCRIPT = str(REPO / "lstm_mnist.py")
 ALL_FILES = lstm_mnist.SPLIT_FILES[True] + lstm_mnist.SPLIT_FILES[False]
-
-
-def fails(capsys, argv, code):
-    """Run main(argv), expect SystemExit(code), and return the single line it printed on stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        lstm_mnist.main([str(arg) for arg in argv])
-    assert exit_info.value.code == code
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("argv,flag", [

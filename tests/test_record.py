@@ -7,19 +7,9 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY_ARGS, lstm_mnist, make_digits, metrics, write_idx
+from conftest import REPO, TINY_ARGS, fails, lstm_mnist, make_digits, metrics, write_idx
 
 SCRIPT = str(REPO / "lstm_mnist.py")
-
-
-def fails(capsys, argv, code):
-    """Run main(argv), expect SystemExit(code), and return the single line it printed on stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        lstm_mnist.main([str(arg) for arg in argv])
-    assert exit_info.value.code == code
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def interrupt_at_epoch(monkeypatch, epoch, after_saving=False):
