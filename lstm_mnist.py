@@ -333,11 +333,10 @@ def save_model(model, out_dir):
 
 def final_test(path, run, test_loader, criterion):
     """Reload RNN.pth into a fresh RNN and test it, the tutorial's way; returns (model, loss, acc)."""
-    device = next(run.model.parameters()).device
-    model = build_model(run.hparams).to(device)  # a fresh RNN with this run's flags (RNN(28, 128, 2, 10) by default)
+    model = build_model(run.hparams).to(run.device)  # a fresh RNN with this run's flags (RNN(28, 128, 2, 10) by default)
     # The tutorial's `model.load_state_dict(torch.load('./RNN.pth'))`; weights_only=True reads tensors only.
     # 重新載入：新模型 + 存好的權重；weights_only=True 只讀張量，不會執行檔案裡的程式碼。
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    model.load_state_dict(torch.load(path, map_location=run.device, weights_only=True))
     print("Final Test" + (" (the moving average of the weights, --ema)" if run.settings["ema"] else ""))
     eval_loss, eval_acc = evaluate(model, test_loader, criterion)  # float32 even with --amp, like the figures
     # 教學文最後的 Final Test 除以批次數，本來就是每張圖的平均，和這裡的 final test loss 一樣，不必換算。
