@@ -100,7 +100,7 @@ def test_the_default_model_is_the_tutorials_rnn_28_128_2_10():
     model = lstm_mnist.build_model(hparams)
     tutorial = lstm_mnist.RNN(28, 128, 2, 10)
     assert str(model) == str(tutorial)
-    assert (model.lstm.input_size, model.lstm.hidden_size, model.lstm.num_layers, model.classifier.out_features) \
+    assert (model.lstm.input_size, model.lstm.hidden_size, model.lstm.num_layers, model.classifer.out_features) \
         == (28, 128, 2, 10)
     assert model.lstm.batch_first
 

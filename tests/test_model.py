@@ -56,7 +56,7 @@ def test_classifies_from_the_last_time_step():
     model = RNN(28, 32, 2, 10).eval()
     images = torch.rand(4, 28, 28)
     output, (h_n, _) = model.lstm(images)
-    assert torch.allclose(model(images), model.classifier(output[:, -1, :]))
+    assert torch.allclose(model(images), model.classifer(output[:, -1, :]))
     assert torch.allclose(output[:, -1, :], h_n[-1], atol=1e-6)  # the top layer's last step
     # Only the last time step has read the last row: changing that row must change the scores.
     changed = images.clone()
@@ -70,7 +70,7 @@ def test_bidirectional_classifies_from_both_final_hidden_states():
     images = torch.rand(3, 28, 28)
     output, (h_n, _) = model.lstm(images)
     both_final = torch.cat([h_n[-2], h_n[-1]], dim=1)  # forward read all rows, backward too
-    assert torch.allclose(model(images), model.classifier(both_final))
+    assert torch.allclose(model(images), model.classifer(both_final))
     # output[:, -1] holds the backward direction after reading only the bottom row.
     assert not torch.allclose(both_final, output[:, -1, :])
     assert torch.allclose(both_final[:, 16:], output[:, 0, 16:], atol=1e-6)

@@ -111,7 +111,7 @@ def test_a_recipe_trains_saves_reloads_and_resumes_exactly(recipe, run_main, tmp
     assert lstm_mnist.evaluate(model, loader, torch.nn.CrossEntropyLoss())[1] == straight["final_test_acc"]
     # Both recipes average the weights (--ema): the weights training goes on from are kept apart.
     trained = checkpoint["trained_weights"]
-    assert not torch.equal(trained["classifier.weight"], checkpoint["model"]["classifier.weight"])
+    assert not torch.equal(trained["classifer.weight"], checkpoint["model"]["classifer.weight"])
     assert checkpoint["ema_updates"] == 3 * 8  # one update per step: 400 images / batch 50, 3 epochs
 
 

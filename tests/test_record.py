@@ -305,20 +305,20 @@ def test_the_moving_average_warms_up_before_it_reaches_its_decay():
     torch.manual_seed(0)
     model = lstm_mnist.RNN(28, 4, 1, 10)
     ema = lstm_mnist.make_ema(model, 0.999)
-    weight = model.classifier.weight
+    weight = model.classifer.weight
     ema.update_parameters(model)  # the first update copies the weights
     start = weight.detach().clone()
     with torch.no_grad():
         weight.add_(1.0)
     ema.update_parameters(model)  # after 1 update: d = (1 + 1) / (10 + 1)
     d = 2 / 11
-    assert torch.allclose(ema.module.classifier.weight, d * start + (1 - d) * weight, atol=1e-6)
+    assert torch.allclose(ema.module.classifer.weight, d * start + (1 - d) * weight, atol=1e-6)
     ema.n_averaged.fill_(10**6)  # long after (1 + n) / (10 + n) passed the decay
-    before = ema.module.classifier.weight.detach().clone()
+    before = ema.module.classifer.weight.detach().clone()
     with torch.no_grad():
         weight.add_(1.0)
     ema.update_parameters(model)
-    assert torch.allclose(ema.module.classifier.weight, 0.999 * before + 0.001 * weight, atol=1e-6)
+    assert torch.allclose(ema.module.classifer.weight, 0.999 * before + 0.001 * weight, atol=1e-6)
 
 
 def test_the_settled_row_counts_from_the_first_row_with_ink_and_needs_a_probability():
