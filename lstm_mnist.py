@@ -199,6 +199,7 @@ class RNN(nn.Module):
 
 def build_model(hparams):
     """An RNN from a dict of nn.LSTM's flags; with the defaults, the tutorial's RNN(28, 128, 2, 10)."""
+    if needs_cell_model(hparams): return build_cell_model(hparams)  # Part 1: --cell, --pad-rows
     return RNN(IN_DIM, hparams["hidden_dim"], hparams["n_layer"], N_CLASS,
                dropout=hparams["dropout"], bidirectional=hparams["bidirectional"],
                bias=hparams["bias"], batch_first=hparams["batch_first"])
@@ -425,29 +426,48 @@ def main(argv=None):
 # For the learner who wants to see what the tutorial's theory means in numbers: the
 # shape table of nn.LSTM (--show-shapes), one LSTM step computed by hand from nn.LSTM's
 # own weights, and the figures beyond the tutorial's one example. Nothing on the
-# learner's path needs you to read this part.
+# learner's path needs you to read this part. Its last subsection, "Why an LSTM", puts a
+# plain RNN and a GRU beside the LSTM (--cell, --pad-rows, memory.png, --compare-cells).
 # ===========================================================================
+
+# The flags of "Why an LSTM" (the end of this part); the rest of DEFAULTS (section 1), like BEYOND_DEFAULTS.
+CELL_DEFAULTS = {
+    "cell": "lstm",  # the recurrent layer: lstm (the tutorial's), gru, or rnn (a plain tanh RNN)
+    "pad_rows": 0,  # K rows of zeros after each image's 28: the answer comes K steps after the digit
+    "compare_cells": False,  # train lstm, gru and rnn with the same flags, one table and cells.png
+}
 
 
 def side_trip(args):
     """The flags that do something else than the tutorial's run: their result, or None to run it."""
     if args.show_shapes:  # the tutorial's nn.LSTM shape table for these flags
         return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
+    if args.compare_cells:  # lstm, gru and rnn, one after another
+        return compare_cells(args)
     return None
 
 
 def show_shapes(hparams, batch_size):
-    """Run one batch through the LSTM and print the tutorial's shape table; return the shapes."""
+    """Run one batch through the LSTM and print the tutorial's shape table; return the shapes.
+
+    With --cell gru or rnn the layer has no cell state: no c_0 and no c_n (its state is h alone).
+    With --pad-rows K the sequence is 28 + K rows long.
+    """
     model = build_model(hparams)
-    lstm = model.lstm
+    lstm = recurrent_layer(model)  # model.lstm (model.gru, model.rnn with --cell)
+    is_lstm = isinstance(lstm, nn.LSTM)
     num_directions = 2 if lstm.bidirectional else 1
     # Shapes do not depend on pixel values, so a random batch stands in for MNIST.
     images = torch.rand(batch_size, SEQ_LEN, IN_DIM)
-    inputs = images if lstm.batch_first else images.transpose(0, 1)
+    rows = with_zero_rows(images, getattr(model, "pad_rows", 0))  # (batch, 28 + K, 28); K = 0: images
+    inputs = rows if lstm.batch_first else rows.transpose(0, 1)
     h_0 = torch.zeros(lstm.num_layers * num_directions, batch_size, lstm.hidden_size)
-    c_0 = torch.zeros_like(h_0)
+    c_0 = torch.zeros_like(h_0) if is_lstm else None  # only an LSTM has a cell state c
     with torch.no_grad():
-        output, (h_n, c_n) = lstm(inputs, (h_0, c_0))
+        if is_lstm:
+            output, (h_n, c_n) = lstm(inputs, (h_0, c_0))
+        else:
+            (output, h_n), c_n = lstm(inputs, h_0), None  # nn.GRU and nn.RNN return (output, h_n)
         logits = model(images)
     seq_layout = "(batch, seq_len, {})" if lstm.batch_first else "(seq_len, batch, {})"
     state = "(num_layers * num_directions, batch, hidden_size)"
@@ -458,9 +478,12 @@ def show_shapes(hparams, batch_size):
         ("h_n", h_n, state), ("c_n", c_n, state),
         ("logits", logits, "(batch, n_class), from the classifier"),
     ]
-    print(f"nn.LSTM({IN_DIM}, {lstm.hidden_size}, num_layers={lstm.num_layers}, "
+    rows = [row for row in rows if row[1] is not None]  # --cell gru / rnn: no c_0, c_n
+    print(f"nn.{type(lstm).__name__}({IN_DIM}, {lstm.hidden_size}, num_layers={lstm.num_layers}, "
           f"bias={lstm.bias}, batch_first={lstm.batch_first}, dropout={lstm.dropout}, "
           f"bidirectional={lstm.bidirectional}); num_directions = {num_directions}")
+    if not is_lstm:
+        print(f"no c_0, c_n: nn.{type(lstm).__name__} keeps no cell state, only h")
     for name, tensor, formula in rows:
         print(f"{name:<7}{str(tuple(tensor.shape)):<16}{formula}")
     return {name: tuple(tensor.shape) for name, tensor, _ in rows}
@@ -629,8 +652,9 @@ def probs_while_reading(model, images):
     --bidirectional, whose backward direction has read the whole image at every row.)
     """
     model.eval()
-    inputs = images if model.batch_first else images.transpose(0, 1)
-    output, _ = model.lstm(inputs)  # (batch, 28, hidden), or (28, batch, hidden)
+    rows = with_zero_rows(images, getattr(model, "pad_rows", 0))  # --pad-rows K: (batch, 28 + K, 28)
+    inputs = rows if model.batch_first else rows.transpose(0, 1)
+    output, _ = recurrent_layer(model)(inputs)  # (batch, 28, hidden), or (28, batch, hidden)
     if not model.batch_first:
         output = output.transpose(0, 1)  # -> (batch, 28 rows, hidden)
     return model.classifer(output).softmax(dim=2).cpu()  # (batch, 28, n_class)
@@ -673,7 +697,7 @@ def plot_reading(model, images, labels, probs, class_names, path):
                              gridspec_kw={"width_ratios": [SEQ_LEN, len(class_names)] * cols})
     for (ax_image, ax_probs), i, steps in zip(axes.reshape(-1, 2), chosen, reading):
         label, pred = int(labels[i]), int(preds[i])
-        shown = images[i].cpu().clone()  # (28, 28)
+        shown = with_zero_rows(images[i : i + 1], len(steps) - SEQ_LEN)[0].cpu().clone()  # (28 + K rows, 28)
         settled = settled_row(steps, shown)
         if settled is not None:
             shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled
@@ -683,7 +707,7 @@ def plot_reading(model, images, labels, probs, class_names, path):
                            color="black" if pred == label else "red")
         says = (f"says {class_names[pred]} from row {settled} on" if settled is not None
                 else f"never sure: p({class_names[pred]}) < {SETTLED_PROB:g}")
-        ax_image.set(xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t (time step)", xlabel=says)
+        ax_image.set(xticks=[], yticks=range(0, len(steps), 7), ylabel="row t (time step)", xlabel=says)
         heatmap = ax_probs.imshow(steps.numpy(), cmap="viridis", vmin=0, vmax=1)
         ax_probs.set_xticks(range(len(class_names)), class_names, fontsize=8,
                             rotation=90 if len(class_names[0]) > 1 else 0)
@@ -707,7 +731,8 @@ def plot_gates(model, image, label, class_names, path):
     import matplotlib.pyplot as plt
 
     lstm = model.eval().lstm
-    inputs = image.unsqueeze(0)  # (1, 28, 28)
+    inputs = with_zero_rows(image.unsqueeze(0), getattr(model, "pad_rows", 0))  # (1, 28 + K rows, 28)
+    image = inputs[0]  # drawn with its zero rows, beside the gates at every row
     with torch.inference_mode():
         _, _, gates = lstm_by_hand(lstm, inputs if lstm.batch_first else inputs.transpose(0, 1))
     top = gates[(lstm.num_layers - 1) * (2 if lstm.bidirectional else 1)]  # the top layer, forward direction
@@ -730,7 +755,7 @@ def plot_gates(model, image, label, class_names, path):
     # One colour bar under the image and the three gates (all in [0, 1]), one under c.
     fig.colorbar(axes[1].images[0], ax=axes[:4], location="bottom", shrink=0.4, label="gate value")
     fig.colorbar(heatmap, ax=axes[4], location="bottom", label="c_t")
-    axes[0].set_yticks(range(0, SEQ_LEN, 7))
+    axes[0].set_yticks(range(0, len(image), 7))
     direction = ", forward direction" if lstm.bidirectional else ""
     fig.suptitle(f"Inside the top LSTM layer{direction}, row by row, computed by lstm_by_hand: the {len(units)} of "
                  f"{lstm.hidden_size} units whose cell state varies most over the rows, in that order")
@@ -789,10 +814,17 @@ def plot_mistakes(images, labels, probs, class_names, path):
 
 
 def draw_inside_figures(model, test_loader, class_names, paths):
-    """reading.png, gates.png and mistakes.png; returns False if reading.png does not apply."""
+    """reading.png, gates.png, mistakes.png and memory.png; returns False if reading.png does not apply."""
     images, labels = test_loader.dataset.tensors
     probs = predict(model, test_loader)  # (N, n_class): the whole test set, once, in batches
-    plot_gates(model, images[0], int(labels[0]), class_names, paths["gates"])
+    paths["memory"] = paths["mistakes"].with_name("memory.png")  # "Why an LSTM", at the end of this part
+    plot_memory(model, test_loader, paths["memory"])
+    if isinstance(recurrent_layer(model), nn.LSTM):
+        plot_gates(model, images[0], int(labels[0]), class_names, paths["gates"])
+    else:  # --cell gru / rnn: lstm_by_hand computes an LSTM's gates, which these cells do not have
+        print(f"gates.png skipped: it shows an LSTM's gates, computed by hand; this model is "
+              f"nn.{type(recurrent_layer(model)).__name__}")
+        del paths["gates"]
     plot_mistakes(images, labels, probs, class_names, paths["mistakes"])
     if model.bidirectional:
         # At row t the backward direction has already read every row: no partial reading to show.
@@ -819,6 +851,238 @@ def show_figures(paths):
         ax.imshow(plt.imread(path))
         ax.axis("off")
     plt.show()
+
+
+# --- Why an LSTM: a plain RNN and a GRU beside it (為什麼用 LSTM，不用簡單的 RNN？) -------
+# The tutorial says a simple RNN forgets the early part of a sequence, and that the LSTM solves
+# this (它解決了RNN會遺忘序列前段資訊的問題). These flags measure the claim instead of taking it on trust:
+#   --cell gru / rnn   nn.GRU or nn.RNN (tanh, no gates) where nn.LSTM was: same sizes, same flags;
+#   --pad-rows K       K rows of zeros after each image's 28, so the answer comes K steps after
+#                      the digit ended: the memory the tutorial speaks of, as long as you like;
+#   memory.png         (every run) how much the answer depends on each row it read;
+#   --compare-cells    lstm, gru and rnn trained one after another: one table and cells.png.
+# The default run never meets this code: build_model makes the tutorial's RNN for --cell lstm, K = 0.
+# 教學文說簡單的 RNN 會忘記序列前段，LSTM 解決了這個問題。這裡把 nn.LSTM 換成 nn.GRU 或 nn.RNN，
+# 在每張圖後面補 K 列零（答案要在數字結束 K 步之後才給），再量一量誰還記得前面的列。
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN: h_t = tanh(W x_t + b + U h_{t-1} + b'), tanh
+MEMORY_IMAGES = 1000  # memory.png: the first this many test images (all of a smaller test set)
+MEMORY_BAND = (0.1, 0.9)  # memory.png: the band between these quantiles over the images
+MEMORY_SEED = 0  # memory.png: the seed of the untrained model drawn beside the trained one
+
+
+def with_zero_rows(images, pad_rows):
+    """(batch, 28, 28) -> (batch, 28 + pad_rows, 28): pad_rows rows of zeros after the last row."""
+    if not pad_rows:
+        return images
+    return torch.cat([images, images.new_zeros(images.shape[0], pad_rows, images.shape[2])], dim=1)
+
+
+class CellRNN(RNN):
+    """The tutorial's RNN with nn.GRU or nn.RNN in nn.LSTM's place (--cell), reading K zero rows
+    after each image (--pad-rows K). Still classifies from the top layer's output at the last step.
+
+    The recurrent layer is registered under the cell's name, so the state_dict's keys say what
+    it is: lstm.* (as in RNN), gru.* or rnn.*; the classifier keeps the tutorial's classifer.*.
+    """
+
+    def __init__(self, in_dim, hidden_dim, n_layer, n_class, cell="lstm", pad_rows=0, **options):
+        nn.Module.__init__(self)  # not RNN.__init__, which would build (and draw weights for) an nn.LSTM
+        self.cell, self.pad_rows = cell, pad_rows
+        self.add_module(cell, CELLS[cell](in_dim, hidden_dim, n_layer, **{"batch_first": True, **options}))
+        self.batch_first, self.bidirectional = self.recurrent.batch_first, self.recurrent.bidirectional
+        self.classifer = nn.Linear((2 if self.bidirectional else 1) * hidden_dim, n_class)
+
+    @property
+    def recurrent(self):
+        return getattr(self, self.cell)  # self.lstm, self.gru or self.rnn
+
+    def forward(self, images):  # images: (batch, 28 rows, 28 pixels)
+        return self.read(with_zero_rows(images, self.pad_rows))  # (batch, 28 + K rows, 28) in
+
+    def read(self, rows):
+        """The scores after reading `rows`, (batch, rows, 28) already padded: (batch, n_class)."""
+        inputs = rows if self.batch_first else rows.transpose(0, 1)
+        output, h_n = self.recurrent(inputs)  # nn.LSTM's second result is (h_n, c_n), the others' h_n
+        if self.cell == "lstm":
+            h_n = h_n[0]  # (n_layer * num_directions, batch, hidden_dim)
+        if self.bidirectional:  # as in RNN.forward: both directions' final states
+            return self.classifer(torch.cat([h_n[-2], h_n[-1]], dim=1))
+        return self.classifer(output[:, -1] if self.batch_first else output[-1])  # the last step's output
+
+
+def needs_cell_model(hparams):
+    """True unless the flags ask for the tutorial's own model (--cell lstm, no --pad-rows)."""
+    return hparams.get("cell", "lstm") != "lstm" or bool(hparams.get("pad_rows", 0))
+
+
+def build_cell_model(hparams):
+    """build_model's hook for --cell gru / rnn or --pad-rows K: a CellRNN with the same flags."""
+    return CellRNN(IN_DIM, hparams["hidden_dim"], hparams["n_layer"], N_CLASS, hparams["cell"], hparams["pad_rows"],
+                   dropout=hparams["dropout"], bidirectional=hparams["bidirectional"],
+                   bias=hparams["bias"], batch_first=hparams["batch_first"])
+
+
+def recurrent_layer(model):
+    """The model's nn.LSTM (model.lstm), or with --cell its nn.GRU / nn.RNN."""
+    return model.recurrent if isinstance(model, CellRNN) else model.lstm
+
+
+def scores_of_rows(model, rows):
+    """The model's scores for rows it reads as they are, zero rows included: (batch, n_class)."""
+    return model.read(rows) if isinstance(model, CellRNN) else model(rows)
+
+
+def hparams_of(model):
+    """The model flags (MODEL_FLAGS' keys) that build_model would need to build `model` again."""
+    layer = recurrent_layer(model)
+    return {"hidden_dim": layer.hidden_size, "n_layer": layer.num_layers, "dropout": layer.dropout,
+            "bidirectional": layer.bidirectional, "bias": layer.bias, "batch_first": layer.batch_first,
+            "cell": getattr(model, "cell", "lstm"), "pad_rows": getattr(model, "pad_rows", 0)}
+
+
+def parameter_count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_model(model):
+    """One line: the recurrent layer, its sizes, the zero rows and the number of parameters."""
+    layer = recurrent_layer(model)
+    pad_rows = getattr(model, "pad_rows", 0)
+    padding = f", reading {pad_rows} rows of zeros after each image" if pad_rows else ""
+    return (f"model: {layer.num_layers} x {layer.hidden_size} {type(layer).__name__}{padding}; "
+            f"{parameter_count(model):,} parameters")
+
+
+def memory_profile(model, images, labels):
+    """|d score_true / d x_t| for every row t the model reads: (n_images, 28 + K rows), on the CPU.
+
+    score_true is the true class's score (the logit, before softmax); x_t is input row t, the
+    image's rows and then the K zero rows; |.| is the length (L2 norm) of the gradient over
+    the row's 28 pixels. A row the answer no longer depends on gets a gradient near 0: the
+    model has forgotten it (distill.pub, "Visualizing memorization in RNNs", uses the same measure).
+    """
+    model.eval()  # no dropout
+    rows = with_zero_rows(images, getattr(model, "pad_rows", 0)).detach().requires_grad_()  # (n, 28 + K, 28)
+    # cuDNN computes an RNN's backward only in training mode, so on CUDA this runs without it.
+    with torch.backends.cudnn.flags(enabled=False):
+        scores = scores_of_rows(model, rows)  # (n, n_class)
+        score_true = scores.gather(1, labels.view(-1, 1)).sum()  # image i's score depends on its rows only
+        (grad,) = torch.autograd.grad(score_true, rows)  # (n, 28 + K, 28): d score_true_i / d rows_i
+    return grad.norm(dim=2).cpu()  # (n, 28 + K)
+
+
+def untrained_twin(model):
+    """The same architecture at initialisation (seed MEMORY_SEED), leaving the run's random state alone."""
+    with torch.random.fork_rng(devices=[]):  # the CPU's random state is put back afterwards
+        torch.manual_seed(MEMORY_SEED)
+        twin = build_model(hparams_of(model))  # built on the CPU: no GPU random state is drawn
+    return twin.to(next(model.parameters()).device)
+
+
+def memory_curves(model, images, labels):
+    """Per row t, the median and the MEMORY_BAND quantiles of |d score_true / d x_t| over the first
+    MEMORY_IMAGES `images`, for `model` and for its untrained twin: {"trained": (3, rows), "untrained": ...}."""
+    images, labels = images[:MEMORY_IMAGES], labels[:MEMORY_IMAGES]
+    quantiles = torch.tensor([0.5, *MEMORY_BAND])
+    return {name: memory_profile(each, images, labels).quantile(quantiles, dim=0)  # (3, 28 + K)
+            for name, each in (("trained", model), ("untrained", untrained_twin(model)))}
+
+
+def draw_memory(ax, curves, label, color, band=True):
+    """One model's memory curve on `ax`: the median per row, and the band between MEMORY_BAND's quantiles."""
+    rows = range(curves.shape[1])
+    ax.plot(rows, curves[0].numpy(), color=color, label=label, linewidth=2 if band else 0.8)
+    if band:
+        ax.fill_between(rows, curves[1].numpy(), curves[2].numpy(), color=color, alpha=0.2)
+
+
+def plot_memory(model, test_loader, path):
+    """memory.png: how much the true class's score depends on each row, trained and untrained."""
+    import matplotlib.pyplot as plt
+
+    images, labels = test_loader.dataset.tensors
+    curves = memory_curves(model, images, labels)
+    name = type(recurrent_layer(model)).__name__
+    n_images = min(MEMORY_IMAGES, len(images))
+    low, high = (round(100 * q) for q in MEMORY_BAND)
+    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
+    draw_memory(ax, curves["trained"], f"trained {name}: median, {low}-{high}% band", "tab:blue")
+    draw_memory(ax, curves["untrained"], f"the same {name} untrained (seed {MEMORY_SEED}): median", "gray",
+                band=False)
+    if curves["trained"].shape[1] > SEQ_LEN:  # --pad-rows: the zero rows start here
+        ax.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
+    ax.set_yscale("log")  # the dependence fades by factors: equal steps down are equal factors
+    ax.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|  (L2 norm over the row's pixels)")
+    ax.set_title(f"How much the answer depends on each row: the gradient of the true class's score, "
+                 f"over {n_images} test images\nLow on the early rows = forgotten by the last step "
+                 f"(untrained, even an LSTM forgets: its forget gates sit near 0.5)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.savefig(path)
+    plt.close(fig)
+    return curves
+
+
+# --- --compare-cells: the three cells, one after another, with the same flags ----------
+
+
+def compare_cells(args):
+    """Train (or with --eval-only reload) lstm, gru and rnn in --out-dir/<cell>; print one table, draw cells.png."""
+    images, labels = load_split(args.data_dir, args.dataset, train=False)  # for the memory curves
+    if args.max_batches:  # the test images the runs test on (load_data's slice)
+        images, labels = images[: args.max_batches * args.batch_size], labels[: args.max_batches * args.batch_size]
+    results = {}
+    for k, cell in enumerate(CELLS, 1):
+        out_dir = Path(args.out_dir) / cell
+        print(f"=== --compare-cells: {cell} ({k}/{len(CELLS)}) in {out_dir} ===")
+        results[cell] = main([*as_argv(args, skip=("cell", "out_dir", "compare_cells")),
+                              "--cell", cell, "--out-dir", str(out_dir)])
+        model = results[cell]["model"]
+        device = next(model.parameters()).device
+        results[cell]["memory"] = memory_curves(model, images.to(device), labels.to(device))
+    rows = [{"cell": cell, "parameters": parameter_count(result["model"]),
+             "epoch_acc": [row.get("test_acc", row.get("val_acc")) for row in result["history"]],
+             "final_test_acc": result["final_test_acc"],
+             "seconds_per_epoch": sum(row["seconds"] for row in result["history"]) / max(1, len(result["history"]))}
+            for cell, result in results.items()]
+    print_cells_table(rows, "val" if args.val_size else "test")
+    path = plot_cells(results, Path(args.out_dir) / "cells.png")
+    print(f"saved {path}")
+    return {"cells": rows, "results": results, "figure": path}
+
+
+def print_cells_table(rows, split):
+    print(f"{'cell':<5} {'parameters':>10} | {split} accuracy after each epoch (%) | final test | s/epoch")
+    for row in rows:
+        epochs = " ".join(f"{acc:.2f}" for acc in row["epoch_acc"])
+        print(f"{row['cell']:<5} {row['parameters']:>10,} | {epochs} | {row['final_test_acc']:.2f}% | "
+              f"{row['seconds_per_epoch']:.1f}")
+
+
+def plot_cells(results, path):
+    """cells.png: test error per epoch (log axis) and the memory curve of each cell."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_error, ax_memory) = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
+    for (cell, result), color in zip(results.items(), ("tab:blue", "tab:orange", "tab:green")):
+        history = result["history"]
+        split = "test" if history and "test_acc" in history[0] else "val"
+        ax_error.plot([row["epoch"] for row in history], [100 - row[f"{split}_acc"] for row in history],
+                      marker="o", color=color, label=f"{cell} ({split})")
+        curves = result["memory"]
+        draw_memory(ax_memory, curves["trained"], f"{cell} trained", color)
+        draw_memory(ax_memory, curves["untrained"], f"{cell} untrained", color, band=False)
+    ax_error.set_yscale("log", nonpositive="mask")
+    ax_error.set(xlabel="epoch", ylabel="error = 100 - accuracy (%), log scale", title="error rate per epoch")
+    ax_memory.set_yscale("log")
+    ax_memory.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|, median and 10-90% band",
+                  title="memory: how much the answer depends on each row")
+    for ax in (ax_error, ax_memory):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 # ===========================================================================
@@ -1317,6 +1581,8 @@ MODEL_FLAGS = {
     "bidirectional": "--bidirectional",
     "bias": "--no-bias",
     "batch_first": "--no-batch-first",
+    "cell": "--cell",
+    "pad_rows": "--pad-rows",
 }
 # The training flags the course of a run depends on: --resume must be given the same ones, or it
 # would not repeat the run. (Not the recipe's name, the seed or --forget-bias: the checkpoint holds
@@ -1361,6 +1627,7 @@ class RunState:
         self.settings["steps_per_epoch"] = len(loaders["train"])
         self.epoch, self.history = 0, []  # epochs done, and one dict of results per epoch
         self.saved_epoch = 0  # the epoch checkpoint.pt holds (0: none of this run yet)
+        print(describe_model(model))  # Part 1: the layer, its sizes and the number of parameters
 
     @property
     def device(self):
@@ -1481,6 +1748,8 @@ def load_checkpoint(path, args):
         raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
     if not isinstance(checkpoint, dict) or not str(checkpoint.get("format")).startswith("lstm_mnist checkpoint"):
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py")
+    if isinstance(checkpoint.get("hparams"), dict):  # written before --cell and --pad-rows: an LSTM, no zero rows
+        checkpoint["hparams"] = {"cell": "lstm", "pad_rows": 0, **checkpoint["hparams"]}
     if checkpoint["format"] != CHECKPOINT_FORMAT:
         raise RunError(f"{path} was written by another version of lstm_mnist.py ({checkpoint['format']}; this one "
                        f"reads {CHECKPOINT_FORMAT}); train again, or use the version that wrote it")
@@ -1646,7 +1915,7 @@ seed_number = checked(int, lambda value: 0 <= value < 2**64, "a whole number fro
 
 
 def build_parser():
-    d = {**DEFAULTS, **BEYOND_DEFAULTS}
+    d = {**DEFAULTS, **CELL_DEFAULTS, **BEYOND_DEFAULTS}
     parser = OneLineParser(
         prog="lstm_mnist.py", formatter_class=HelpFormatter,
         description="Train a 2-layer LSTM on MNIST row by row, save it, reload it, test it, plot it.",
@@ -1675,6 +1944,16 @@ def build_parser():
                            "(batch, seq, feature))")
     lstm.add_argument("--show-shapes", action="store_true",
                       help="print the shapes of input, h_0, c_0, output, h_n, c_n for one batch, then exit")
+    cells = parser.add_argument_group("why an LSTM: a plain RNN and a GRU beside it (Part 1)")
+    cells.add_argument("--cell", choices=list(CELLS), default=d["cell"],
+                       help="the recurrent layer: lstm (the tutorial's nn.LSTM), gru (nn.GRU) or rnn (nn.RNN, "
+                            "tanh), with the same sizes and flags (default: %(default)s)")
+    cells.add_argument("--pad-rows", type=whole_number, default=d["pad_rows"], metavar="K",
+                       help="K rows of zeros after each image's 28, so the model answers K steps after the "
+                            "digit ended (default: %(default)s)")
+    cells.add_argument("--compare-cells", action="store_true", default=d["compare_cells"],
+                       help="train lstm, gru and rnn one after another with the same flags, each in "
+                            "--out-dir/<cell>, then print one table and draw cells.png (default: off)")
     run_group = parser.add_argument_group("the run")
     run_group.add_argument("--dataset", choices=list(DATASETS), default=d["dataset"],
                            help="which torchvision data set (default: %(default)s)")
@@ -1791,7 +2070,27 @@ def parse_args(argv=None):
         parser.error("argument --forget-bias: not allowed with --no-bias (there is no bias to raise)")
     if args.resume and args.eval_only:
         parser.error("argument --eval-only: not allowed with --resume; pick one")
+    if args.forget_bias and (args.cell != "lstm" or args.compare_cells):
+        also = f" (--recipe {args.recipe} sets it; add --forget-bias 0)" if RECIPES[args.recipe].get("forget_bias") else ""
+        parser.error(f"argument --forget-bias: only an LSTM has forget gates, so not with "
+                     f"{'--compare-cells' if args.compare_cells else '--cell ' + args.cell}{also}")
+    if args.compare_cells and args.cell != "lstm":
+        parser.error("argument --cell: not allowed with --compare-cells, which trains every cell")
     return args
+
+
+def as_argv(args, skip=()):
+    """The command-line flags that give `args` again, but for the keys in `skip` (--compare-cells' runs)."""
+    argv = []
+    for action in build_parser()._actions:
+        if not action.option_strings or action.dest in ("help", *skip):
+            continue
+        value, flag = getattr(args, action.dest), action.option_strings[0]
+        if action.nargs == 0:  # --augment, --no-bias, ...: given when the value is the one it stores
+            argv += [flag] if value == action.const else []
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
 
 
 if __name__ == "__main__":
