@@ -104,7 +104,7 @@ class OurPipeline:
         torch.manual_seed(seed)
         loaders = lstm_mnist.load_data(data_dir, "mnist", device, 100, seed)
         self.train_loader, self.test_loader = loaders["train"], loaders["test"]
-        hparams = {key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS}
+        hparams = lstm_mnist.model_hparams(lstm_mnist.parse_args([]))
         self.model = lstm_mnist.build_model(hparams).to(device)
         self.criterion, self.optimizer = lstm_mnist.make_criterion_and_optimizer(self.model, 1e-3)
         self.levers = lstm_mnist.Levers(self.model, self.optimizer, precision=precision)

@@ -56,7 +56,7 @@ def one_epoch(device, amp, data_dir, max_batches=None):
     precision = lstm_mnist.amp_context(device, amp)  # runs a small LSTM on a GPU: before seeding
     torch.manual_seed(0)
     loaders = lstm_mnist.load_data(data_dir, "mnist", device, lstm_mnist.DEFAULTS["batch_size"], 0, max_batches)
-    model = lstm_mnist.build_model({key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS}).to(device)
+    model = lstm_mnist.build_model(lstm_mnist.model_hparams(lstm_mnist.parse_args([]))).to(device)
     criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, lstm_mnist.DEFAULTS["lr"])
     lstm_dtypes = set()  # what nn.LSTM's output really was, under the autocast of the run
     hook = model.lstm.register_forward_hook(lambda module, inputs, outputs: lstm_dtypes.add(outputs[0].dtype))

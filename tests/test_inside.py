@@ -88,7 +88,7 @@ def test_every_figure_is_drawn_and_the_gates_come_from_the_cell_by_hand(tmp_path
     by_hand = lstm_mnist.lstm_by_hand
     monkeypatch.setattr(lstm_mnist, "lstm_by_hand", lambda *args: calls.append(args) or by_hand(*args))
     paths = lstm_mnist.draw_figures(model, loader, HISTORY, lstm_mnist.DATASETS["mnist"][1], tmp_path, False)
-    assert list(paths) == ["predictions", "scores", "curves", "reading", "gates", "mistakes"]
+    assert list(paths) == ["predictions", "scores", "curves", "reading", "gates", "mistakes", "memory"]
     printed = capsys.readouterr().out.splitlines()
     for path in paths.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

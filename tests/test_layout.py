@@ -96,7 +96,7 @@ def test_the_old_spelling_of_batch_first_is_gone():
 
 
 def test_the_default_model_is_the_tutorials_rnn_28_128_2_10():
-    hparams = {key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS}
+    hparams = lstm_mnist.model_hparams(lstm_mnist.parse_args([]))
     model = lstm_mnist.build_model(hparams)
     tutorial = lstm_mnist.RNN(28, 128, 2, 10)
     assert str(model) == str(tutorial)

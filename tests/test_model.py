@@ -10,7 +10,7 @@ from lstm_mnist import RNN
 
 
 def hparams(**overrides):
-    values = {key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS}
+    values = lstm_mnist.model_hparams(lstm_mnist.parse_args([]))
     values.update(overrides)
     return values
 
