@@ -1074,6 +1074,9 @@ def plot_cells(results, path):
         draw_memory(ax_memory, curves["untrained"], f"{cell} untrained", color, band=False)
     ax_error.set_yscale("log", nonpositive="mask")
     ax_error.set(xlabel="epoch", ylabel="error = 100 - accuracy (%), log scale", title="error rate per epoch")
+    ax_error.set_xticks([row["epoch"] for row in history])  # whole epochs only
+    if curves["trained"].shape[1] > SEQ_LEN:  # --pad-rows: the zero rows start here
+        ax_memory.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
     ax_memory.set_yscale("log")
     ax_memory.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|, median and 10-90% band",
                   title="memory: how much the answer depends on each row")

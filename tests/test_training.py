@@ -51,8 +51,8 @@ def test_end_to_end_run_saves_reloads_and_draws(run_main, tiny_data, tmp_path, m
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Nothing written anywhere but --out-dir: no stray temp file, no data copy, no cwd file.
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        "RNN.pth", "checkpoint.pt", "curves.png", "gates.png", "mistakes.png", "predictions.png", "reading.png",
-        "scores.png"]
+        "RNN.pth", "checkpoint.pt", "curves.png", "gates.png", "memory.png", "mistakes.png", "predictions.png",
+        "reading.png", "scores.png"]
     assert list(cwd.iterdir()) == []
     assert sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*")) == data_before
 
