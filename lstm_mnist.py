@@ -5,7 +5,7 @@ image is a sequence of 28 time steps of 28 pixels, a 2-layer `nn.LSTM` reads it,
 `nn.Linear` layer classifies the output of the last time step. With the tutorial's
 recipe (batch 100, Adam lr 1e-3, 30 epochs) expect about 98.8-99.1% test accuracy
 (the tutorial reports 99.08%; README says why the last epoch moves by a few tenths) and
-about 95% after the first epoch.
+about 95-96% after the first epoch.
 
     python lstm_mnist.py                                   # the tutorial's run, 30 epochs
     python lstm_mnist.py --epochs 1 --device cpu           # a quick look on a laptop
@@ -17,14 +17,15 @@ How to read it: sections 0 to 8 are the tutorial's code sections, in its order, 
 banner carrying its heading; `main()` follows as the table of contents. That is the
 learner's path. After `main()` come three marked parts: Part 1, inside the LSTM
 (optional reading); Part 2, beyond the tutorial's recipe (the opt-in flags, and the fast
-data loader every run uses);
+data loader, DATASETS and the no-op Levers every run uses);
 Part 3, plumbing a learner may skip. `python lstm_mnist.py --help` lists every flag.
 
 怎麼讀這個檔案：從「# 0.」讀到 main() 結束，對應教學的程式碼，段落的順序和標題都和教學一樣；
-在編輯器裡搜尋教學的標題（例如「訓練和測試過程」）就能跳到對應的段落，主線上的重點都有中文註解。
+在編輯器裡搜尋教學的標題（例如「訓練和測試過程」）就能跳到對應的段落，主線上的重點大多有中文註解。
 main() 之後有三個標示清楚的部分：Part 1「LSTM 的內部」是選讀，把教學的理論（形狀表、手算 LSTM
 單元、逐列閱讀與閘門的圖）寫成可以執行的程式；Part 2「教學的訓練設定之外」是要加參數才會啟用的
-功能（例如 --recipe fast），只有資料載入器 make_loader 每次都會用到；Part 3 是檢查、安全存檔、
+功能（例如 --recipe fast）；其中 make_loader、DATASETS、EVAL_BATCH_SIZE 和 Levers（不加參數時
+什麼都不改）每次都會用到。Part 3 是檢查、安全存檔、
 接續訓練和命令列等雜務，初學者可以跳過。教學說的「每一行」（影像橫的一排）在這裡叫「每一列」
 （row：橫的一列 28 個像素），也就是一個時間步。
 """
@@ -34,7 +35,7 @@ main() 之後有三個標示清楚的部分：Part 1「LSTM 的內部」是選�
 # ---------------------------------------------------------------------------
 # The tutorial's `optim.Adam` is `torch.optim.Adam` (section 4), its `T.ToTensor()` is
 # `.float().div(255)` (section 2). Most standard-library modules serve only Part 3.
-# torchvision 和 matplotlib 在用到它們的函式裡才 import，所以 import 本檔很快。
+# torchvision 和 matplotlib 在用到它們的函式裡才匯入（import），所以匯入這個檔案很快。
 
 import argparse
 import collections
@@ -99,7 +100,8 @@ def pick_device(name):
 # 2. The data (MINST數據集匯入)
 # ---------------------------------------------------------------------------
 # "MINST" is the tutorial's typo for MNIST, kept so that a search finds it.
-# 教學的 DataLoader 每個 epoch 都把每張圖重新轉成張量；這裡一開始就整批轉好、放上裝置，比較快。
+# 教學的 DataLoader 每個 epoch 都把每張圖重新轉成張量；這裡一開始就整批轉好，搬到裝置
+# （GPU 或 CPU）上，比較快。
 
 
 def load_split(data_dir, dataset, train):
@@ -109,8 +111,8 @@ def load_split(data_dir, dataset, train):
     class_name = DATASETS[dataset][0]  # "MNIST" (or "FashionMNIST")
     ensure_raw_files(data_dir, class_name, train)  # Part 3: download if missing, check the files
     data = getattr(datasets, class_name)(data_dir, train=train)  # datasets.MNIST(root, train)
-    check_labels(data, data_dir, class_name, train)
-    # 沒有通道維度：MNIST 是單通道的黑白圖，教學每批用 img.squeeze(1) 去掉它；
+    check_labels(data, data_dir, class_name, train)  # Part 3: 圖片數和標籤數相同、標籤都在 0–9
+    # 沒有通道維度：MNIST 是單通道的灰階圖，教學每批用 img.squeeze(1) 去掉它；
     # 這裡一開始就是 (N, 28, 28)。
     images = data.data.float().div(255)  # what ToTensor does: uint8 0..255 -> float 0..1
     return images, data.targets  # (N, 28, 28), (N,)
@@ -134,7 +136,7 @@ def load_data(data_dir, dataset, device, batch_size, seed, max_batches=None, val
     # 訓練資料每個 epoch 重新洗牌（shuffle=True），測試資料不洗牌，和教學一樣。
     train_loader = make_loader(train_images.to(device), train_labels.to(device), batch_size,
                                shuffle=True, generator=generator, max_batches=max_batches)
-    # 測試不需要梯度，所以一批 500 張（教學是 100）比較快，結果一樣。
+    # 測試不需要梯度，所以一批 500 張（教學是 100）比較快，結果相同。
     test_loader = make_loader(test_images.to(device), test_labels.to(device), EVAL_BATCH_SIZE,
                               shuffle=False)
     return {"train": train_loader, "val": val_loader, "test": test_loader, "generator": generator}
@@ -186,7 +188,8 @@ class RNN(nn.Module):
             images = images.transpose(0, 1)  # -> (28 time steps, batch, 28 pixels)
         # 沒有傳入 (h_0, c_0)，所以每張圖都從全零的狀態開始讀，和教學一樣。
         output, (h_n, c_n) = self.lstm(images)
-        # output: (batch, 28, num_directions * hidden_dim): the top layer's h_t at every step.
+        # output: (batch, 28, num_directions * hidden_dim), (28, batch, ...) without batch_first:
+        #         the top layer's h_t at every step.
         # h_n, c_n: (n_layer * num_directions, batch, hidden_dim): every layer's last h_t, c_t.
         if self.bidirectional:
             # The backward direction's output at the last row has read only that row; its
@@ -213,7 +216,7 @@ def build_model(hparams):
 
 
 def make_criterion_and_optimizer(model, lr, weight_decay=0.0):
-    # 損失函數吃的是原始分數（logits），自己會做 log-softmax（教學說的「softmax 損失函數」），
+    # 損失函數接收的是原始分數（logits），自己會做 log-softmax（教學說的「softmax 損失函數」），
     # 所以模型最後不必加 softmax。它傳回的是這一批的平均損失。
     criterion = nn.CrossEntropyLoss()
     if weight_decay:  # Part 2: --weight-decay uses AdamW (Adam with decoupled weight decay)
@@ -232,7 +235,7 @@ def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interv
 
     Without `levers` (Part 2: the opt-in flags) each step is the tutorial's.
     """
-    levers = levers or Levers()
+    levers = levers or Levers()  # 不加 Part 2 的參數時 Levers() 什麼都不改：每一步就是教學的寫法
     model.train()  # 訓練模式：有 dropout 的話會開啟
     device = next(model.parameters()).device
     # 教學的 train_loss、train_acc 累加值；留在裝置上，不必每批都等 GPU 算完再 .item()。
@@ -243,9 +246,9 @@ def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interv
         images = levers.augment(images)  # Part 2, --augment: warped at random; else unchanged
         with levers.autocast:  # Part 2, --amp: mixed precision; else does nothing
             out = model(images)  # (batch, 10) scores. 前向傳播，得到每一類的分數
-        loss = criterion(out.float(), labels)  # the batch's mean loss. 這一批的平均損失
+        loss = criterion(out.float(), labels)  # 這一批的平均損失（--amp 時先轉回 float32）
         optimizer.zero_grad()  # 梯度清零
-        if levers.step_changed:  # --one-cycle, --ema or float16 --amp: Part 2's step
+        if levers.step_changed:  # 預設不會進這裡（--one-cycle、--ema 等才會）
             levers.step(loss)
         else:
             loss.backward()  # 反向傳播，算出梯度
@@ -257,7 +260,7 @@ def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interv
             print(f"  epoch {epoch_label} | batch {i:>4}/{len(loader)} | "
                   f"loss {loss_sum.item() / num_seen:.4f}")
     # 損失的單位：教學把每批的平均加總後除以圖片數，等於「每張圖的平均 ÷ batch_size」；
-    # 這裡印每張圖的平均，是它的 100 倍（教學的 0.000106 在這裡是 0.0106）。
+    # 這裡印每張圖的平均，是它的 batch_size 倍（預設 100 倍：教學的 0.000106 是這裡的 0.0106）。
     train_loss = loss_sum.item() / num_seen
     train_acc = 100.0 * num_correct.item() / num_seen  # in %; the tutorial prints 0.996667
     return train_loss, train_acc, num_seen
@@ -281,20 +284,22 @@ def fit(run, loaders, criterion, args):
     """Train from epoch run.epoch + 1 to args.epochs; test and save after each epoch."""
     split = "val" if loaders["val"] else "test"  # --val-size: held-out training images
     train_criterion = run.levers.train_criterion(criterion)  # criterion, or --label-smoothing's
+    # run.epoch：已完成的 epoch 數；新的訓練是 0，--resume 時從 checkpoint 讀回。
     for epoch in range(run.epoch + 1, args.epochs + 1):  # 教學的 for epoch in range(num_epoches)
         start = time.perf_counter()
         train_loss, train_acc, num_seen = train_one_epoch(
             run.model, loaders["train"], train_criterion, run.optimizer, run.levers,
             args.log_interval, f"{epoch:>2}/{args.epochs}")
         train_seconds = time.perf_counter() - start
-        # run.tested: the trained model, or with --ema the moving average of its weights.
+        # run.tested：要測試、存檔的模型；預設就是 run.model（--ema 時是權重的移動平均）。
         eval_loss, eval_acc = evaluate(run.tested, loaders[split], criterion, run.levers.autocast)
         seconds = time.perf_counter() - start
-        # 教學每個 epoch 印的兩行（Finish ... 和 Test Loss ...）在這裡合成一行。
+        # 教學每個 epoch 印的四行（****、epochN、Finish ...、Test Loss ...）在這裡合成一行。
         print(f"epoch {epoch:>2}/{args.epochs} | train loss {train_loss:.4f} "
               f"acc {train_acc:.2f}% | {split} loss {eval_loss:.4f} acc {eval_acc:.2f}% | "
               f"{seconds:.1f} s, {num_seen / train_seconds:.0f} img/s")
-        run.end_epoch(epoch, train_loss, train_acc, split, eval_loss, eval_acc, seconds)  # Part 3
+        # Part 3：把這個 epoch 的結果記進 run.history（checkpoint.pt 和 curves.png 會用到）。
+        run.end_epoch(epoch, train_loss, train_acc, split, eval_loss, eval_acc, seconds)
         # 每個 epoch 結束都存 checkpoint.pt（整個訓練狀態），中斷後可以用 --resume 接續訓練。
         save_checkpoint(run, args.out_dir)  # Part 3
 
@@ -411,23 +416,24 @@ def main(argv=None):
             return result
         # 1. 超參設定: the device (the tutorial's use_gpu), the device: and config: lines, the seed
         device = pick_device(args.device)
-        precision = prepare_run(args, device)  # Part 3: prints device: and config:; --amp
-        torch.manual_seed(args.seed)  # the initial weights and dropout. 固定初始權重
+        precision = prepare_run(args, device)  # Part 3: 印 device:、config:；--amp 的設定
+        torch.manual_seed(args.seed)  # 固定初始權重和 dropout 的亂數（資料順序另有 generator）
         # 2. MINST數據集匯入
         loaders = load_data(args.data_dir, args.dataset, device, args.batch_size, args.seed,
                             args.max_batches, args.val_size)
         # 3. 定義LSTM結構: the tutorial's RNN(28, 128, 2, 10), then its .cuda()
-        model = build_model(model_hparams(args)).to(device)
+        model = build_model(model_hparams(args)).to(device)  # model_hparams: nn.LSTM 的參數
         # 4. 定義損失函數和優化器
         criterion, optimizer = make_criterion_and_optimizer(model, args.lr, args.weight_decay)
-        # 5. 訓練和測試過程 (Part 3: the run's state; --resume or --eval-only reload it)
+        # 5. 訓練和測試過程。run 把 model、optimizer、Part 2 的 levers、epoch、history 包在一起；
+        # --resume / --eval-only 時從 checkpoint.pt 讀回（Part 3）
         run = start_run(model, optimizer, loaders, args, precision)
         if not args.eval_only:
             with explain_interrupt(run, argv):  # Part 3: Ctrl-C says what was kept, how to go on
                 fit(run, loaders, criterion, args)
         # 6. 儲存模型: the trained model (with --ema, its average)
         path = save_model(run.tested, args.out_dir)
-        # 7. 最終效能測試
+        # 7. 最終效能測試（準確率在最後一行 final test accuracy 印出）
         model, test_loss, test_acc = final_test(path, run, loaders["test"], criterion)
         # 8. 提取一個範例進行直觀認識
         class_names = DATASETS[args.dataset][1]  # "0" to "9" for MNIST
@@ -704,8 +710,8 @@ def plot_reading(model, images, labels, probs, class_names, path):
         ax.axis("off")
     fig.colorbar(heatmap, ax=axes, shrink=0.5, label="probability after reading rows 0 to t")
     fig.suptitle("Reading row by row: softmax(classifier(output[:, t])) after each row t (true class in green)\n"
-                 f"From the orange line on (never above the first row with ink) the final answer keeps "
-                 f"p >= {SETTLED_PROB:g}; the rows after it are dimmed")
+                 f"From the row just above the orange line on (never above the first row with ink) the final "
+                 f"answer keeps p >= {SETTLED_PROB:g}; the rows after it are dimmed")
     fig.savefig(path)
     plt.close(fig)
 
