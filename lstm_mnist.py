@@ -887,7 +887,8 @@ def show_figures(paths):
 # The default run never meets this code: build_model makes the tutorial's RNN for --cell lstm, K = 0.
 # 教學文說簡單的 RNN 會忘記序列前段，LSTM 解決了這個問題。這裡把 nn.LSTM 換成 nn.GRU 或 nn.RNN，
 # 在每張圖後面補 K 列零（答案要在數字結束 K 步之後才給），再量一量誰還記得前面的列。
-CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN: h_t = tanh(W x_t + b + U h_{t-1} + b'), tanh
+# nn.RNN is the tutorial's simple RNN: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), no gates, no c.
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 MEMORY_IMAGES = 1000  # memory.png: the first this many test images (all of a smaller test set)
 MEMORY_BAND = (0.1, 0.9)  # memory.png: the band between these quantiles over the images
 MEMORY_SEED = 0  # memory.png: the seed of the untrained model drawn beside the trained one
