@@ -91,7 +91,7 @@ def test_every_lstm_flag_trains_end_to_end_and_reloads(run_main, tmp_path):
     result = run_main("--epochs", "1", *flags, out_dir=tmp_path / "out")
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
     assert checkpoint["hparams"] == {"hidden_dim": 16, "n_layer": 3, "dropout": 0.2, "bidirectional": True,
-                                     "bias": False, "batch_first": False}
+                                     "bias": False, "batch_first": False, "cell": "lstm", "pad_rows": 0}
     again = run_main("--eval-only", *flags, out_dir=tmp_path / "out")
     assert again["final_test_acc"] == result["final_test_acc"]
 

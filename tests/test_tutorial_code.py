@@ -37,7 +37,7 @@ def test_a_state_dict_saved_from_the_tutorials_class_loads_strictly_into_ours(tm
     torch.manual_seed(1)
     theirs = RNN(28,128,2,10)
     torch.save(theirs.state_dict(), tmp_path / "RNN.pth")  # the tutorial's save line
-    ours = lstm_mnist.build_model({key: lstm_mnist.DEFAULTS[key] for key in lstm_mnist.MODEL_FLAGS})
+    ours = lstm_mnist.build_model(lstm_mnist.model_hparams(lstm_mnist.parse_args([])))
     ours.load_state_dict(torch.load(tmp_path / "RNN.pth", weights_only=True), strict=True)
     images = torch.rand(7, 28, 28)
     with torch.no_grad():
