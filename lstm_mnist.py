@@ -433,6 +433,8 @@ def side_trip(args):
     """The flags that do something else than the tutorial's run: their result, or None to run it."""
     if args.show_shapes:  # the tutorial's nn.LSTM shape table for these flags
         return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
+    if getattr(args, "predict", None):  # your own digit images; absent from args unless given
+        return predict_images(args)
     return None
 
 
@@ -819,6 +821,293 @@ def show_figures(paths):
         ax.imshow(plt.imread(path))
         ax.axis("off")
     plt.show()
+
+
+# --- Your own handwriting: --predict -------------------------------------------------
+# Section 8 shows the model one test image; the next thing a learner wants is to write a
+# digit on paper or in Paint and ask the LSTM. A photo resized straight to 28x28 is read
+# at little better than chance, because the model knows only digits made the way MNIST's
+# were. to_mnist() makes them that way, with Pillow (which torchvision brings) and torch:
+#
+#   1. EXIF orientation. A phone stores a photo sideways and a tag that says how to turn
+#      it; unturned, a 7 lies on its side. 手機照片常是橫著存、另加一個旋轉標記，先轉正。
+#   2. Transparency onto the paper, never onto black. A drawing app's PNG often has black
+#      ink on a transparent page whose hidden colour is black too: dropping the alpha
+#      leaves black on black. 透明背景要換成紙的顏色，直接丟掉 alpha 會變成全黑。
+#   3. Grey levels. MNIST has one channel; colour says nothing about which digit it is.
+#      MNIST 只有一個灰階通道，顏色不影響是哪個數字。
+#   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark
+#      on light. Judged from the border, which is paper, so a big digit cannot fool it.
+#      MNIST 是黑底白字，紙上是白底黑字：看邊框（一定是紙）決定要不要反相。
+#   5. The paper becomes 0. Its tone and its grain are measured on the border, and only what
+#      stands well above the grain counts as ink. 紙的亮度變成 0；比紙的雜訊亮很多的才算墨水。
+#   6. Crop to the ink: what is brighter than the paper by a share of the ink's contrast.
+#      Without this a small digit in a big photo shrinks to a dot. 裁到墨水的範圍，小字才不會縮成一點。
+#   7. Thicken thin strokes. A ballpoint line 5 pixels wide in a 1000-pixel digit is a
+#      tenth of a pixel at 20x20 and fades away; MNIST's strokes are about two pixels.
+#      細筆畫先加粗，否則縮小後就不見了。
+#   8. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow,
+#      and edges get MNIST's grey levels. 保持長寬比放進 20x20，用 LANCZOS 抗鋸齒縮小。
+#   9. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only
+#      seen digits there. 以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
+#  10. Values 0..1, as section 2 gives the training images. 數值 0..1，和訓練資料一樣。
+PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # what --predict takes from a folder
+N_PREDICT = 8  # images drawn in predict.png (every image gets its printed line)
+WORK_SIDE = 1600  # a bigger image is first shrunk to this longer side, so a photo takes a moment, not seconds
+BORDER = 0.03  # the paper is judged on this share of each side (at least one pixel)
+INK_SIGMAS = 5  # ink is brighter than the paper by this many times its grain (a standard deviation)...
+INK_SHARE = 0.15  # ...and, to count for the crop, by this share of the brightest ink's contrast
+MIN_CONTRAST = 40  # levels (of 255) between paper and ink below which there is no ink: a blank page
+THIN_STROKE = 1.2  # strokes narrower than this (pixels, once the digit is 20 pixels) are thickened...
+TARGET_STROKE = 1.8  # ...to about this width: MNIST's usual stroke (README)
+FIT = 20  # MNIST's box: the digit's longer side becomes 20 pixels...
+CENTRE = 14  # ...and its centre of mass lands on row 14, column 14 of the 28x28 (where MNIST's are)
+
+
+def predict_images(args):
+    """--predict: load the trained model, read each image the MNIST way, print its answer; draw predict.png."""
+    if args.dataset != "mnist":
+        raise RunError("--predict reads handwritten digits; it needs a model trained on mnist (no --dataset)")
+    device = pick_device(args.device)
+    model, description = load_trained(args.out_dir, args)
+    model.to(device).eval()
+    print(f"model: {description}, on {device}")
+    done, failed = [], []
+    for path in image_files(args.predict, failed):
+        try:
+            given = open_image(path)
+            digit = to_mnist(given)  # (28, 28) in [0, 1]
+            if digit is None:
+                raise RunError(f"{path}: no ink found (a blank page?); write the digit darker or bigger")
+        except RunError as err:
+            failed.append(path)
+            print(f"lstm_mnist.py: error: {err}", file=sys.stderr)
+            continue
+        with torch.inference_mode():
+            probs = model(digit.unsqueeze(0).to(device)).float().softmax(dim=1)[0].cpu()  # (10,)
+        top = probs.topk(2)
+        print(f"{path}: pred {int(top.indices[0])} ({100 * top.values[0]:.1f}%), "
+              f"then {int(top.indices[1])} ({100 * top.values[1]:.1f}%)")
+        done.append({"path": path, "given": given, "digit": digit, "probs": probs, "pred": int(top.indices[0])})
+    figure = None
+    if done:
+        use_windows(args.show)
+        figure = Path(args.out_dir) / "predict.png"
+        plot_predict(model, done[:N_PREDICT], figure)
+        shown = f" (the first {N_PREDICT} of {len(done)})" if len(done) > N_PREDICT else ""
+        print(f"saved {figure}{shown}")
+        if args.show:
+            show_figures({"predict": figure})
+    if failed:  # each one has had its line on stderr; the good ones are printed and drawn above
+        raise SystemExit(1)
+    return {"predictions": done, "figure": figure}
+
+
+def load_trained(out_dir, args):
+    """RNN.pth in `out_dir`, in the model that checkpoint.pt records; returns (model, a few words on it)."""
+    weights, checkpoint_file = Path(out_dir) / "RNN.pth", checkpoint_path(out_dir)
+    if not weights.is_file():
+        train = shlex.join(["python", "lstm_mnist.py", "--out-dir", str(out_dir)])
+        raise RunError(f"no trained model in {out_dir} (no RNN.pth); train first: {train} "
+                       f"(add --epochs 1 for a quick one)")
+    if checkpoint_file.is_file():  # Part 3: refuses a damaged file, another data set, other model flags
+        checkpoint = load_checkpoint(checkpoint_file, args)
+        hparams, record = checkpoint["hparams"], f"{checkpoint['epoch']} epochs, {checkpoint_file}"
+    else:  # RNN.pth alone (the tutorial's own script writes only that): the model flags given
+        hparams, record = model_hparams(args), "no checkpoint.pt: the model flags given"
+    model = build_model(hparams)
+    state_dict = read_weights_only(weights)  # Part 3: tensors only; pickled code is refused, never run
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as err:
+        raise RunError(f"{weights} does not fit the model {record.split(', ')[-1]} describes "
+                       f"({last_line(err)}); RNN.pth and checkpoint.pt must come from the same run") from None
+    return model, f"{weights} ({record})"
+
+
+def image_files(paths, failed):
+    """The files named in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); bad paths go to `failed`."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PREDICT_SUFFIXES and p.is_file())
+            if not found:
+                failed.append(path)
+                print(f"lstm_mnist.py: error: {path}: no image in this folder "
+                      f"({', '.join(PREDICT_SUFFIXES)})", file=sys.stderr)
+            files += found
+        elif path.is_file():
+            files.append(path)  # named on its own: tried whatever its suffix
+        else:
+            failed.append(path)
+            print(f"lstm_mnist.py: error: {path}: no such file or folder", file=sys.stderr)
+    return files
+
+
+def open_image(path):
+    """The image at `path` upright (step 1), its first frame, as Pillow read it; RunError if it cannot be read."""
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 million pixels and refuses twice that (a small file that
+            # unpacks into gigabytes: a "decompression bomb"); here both are refused.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # a GIF or WebP opens at its first frame
+                return ImageOps.exif_transpose(image)  # turned upright, and read whole
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise RunError(f"{path}: too big to read safely ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # not an image, truncated, unknown format
+        raise RunError(f"{path}: not an image Pillow can read ({last_line(err)})") from None
+
+
+def to_mnist(image):
+    """Any Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST made its digits.
+
+    None if the image holds no ink (a blank page).
+    """
+    from PIL import Image, ImageOps
+
+    grey = on_paper(image)  # steps 2 and 3: (H, W) grey levels
+    grey.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
+    if paper_tone(pixels(grey))[0] > 127.5:  # step 4: light paper, so dark ink
+        grey = ImageOps.invert(grey)
+    levels = pixels(grey)  # (H, W), 0..255, the paper dark
+    paper, grain = paper_tone(levels)
+    floor = paper + INK_SIGMAS * grain  # step 5: darker than this is paper
+    contrast = float(levels.max()) - floor
+    if contrast < MIN_CONTRAST:
+        return None  # no ink: a blank page
+    ink = levels > floor + INK_SHARE * contrast  # step 6: (H, W) True where the digit is
+    rows, cols = ink.any(dim=1).nonzero().flatten(), ink.any(dim=0).nonzero().flatten()
+    digit = levels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # cropped to the ink: (h, w)
+    digit = ((digit - floor) / contrast).clamp(0, 1)  # the paper 0, the brightest ink 1
+    digit = fit_box(thicken(digit))  # steps 7 and 8: (at most 20, at most 20)
+    return centre_of_mass_at_centre(digit)  # steps 9 and 10: (28, 28)
+
+
+def on_paper(image):
+    """Steps 2 and 3: a Pillow "L" image, transparent parts filled with the paper's tone."""
+    from PIL import Image
+
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return image.convert("L")
+    grey, alpha = image.convert("RGBA").convert("LA").split()
+    opacity = pixels(alpha) / 255  # (H, W): 0 transparent .. 1 opaque
+    if (opacity < 0.5).float().mean() > 0.5:  # mostly transparent: what is opaque is the ink
+        ink = (pixels(grey) * opacity).sum() / opacity.sum().clamp(min=1e-6)
+        tone = 255 if ink < 128 else 0  # dark ink goes onto white paper, light ink onto black
+    else:  # mostly opaque: the paper is there, and its tone fills the holes
+        tone = int(pixels(grey)[opacity >= 0.5].median())
+    paper = Image.new("L", image.size, tone)
+    paper.paste(grey, mask=alpha)  # alpha-blends the grey image onto the paper
+    return paper
+
+
+def pixels(image):
+    """A Pillow "L" image as a float32 tensor (H, W) of levels 0..255."""
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return data.view(image.height, image.width).float()
+
+
+def paper_tone(levels):
+    """The paper's level and grain, from the image's border: (median, robust standard deviation)."""
+    band = max(1, round(BORDER * min(levels.shape)))
+    border = torch.cat([levels[:band].flatten(), levels[-band:].flatten(),
+                        levels[:, :band].flatten(), levels[:, -band:].flatten()])
+    median = float(border.median())
+    return median, 1.4826 * float((border - median).abs().median())  # 1.4826 x MAD = std for Gaussian grain
+
+
+def thicken(digit):
+    """Step 7: widen strokes that would be under THIN_STROKE pixels at 20x20; digit (h, w) -> (h + 2r, w + 2r)."""
+    strokes = nn.functional.pad(digit > 0.5, (1, 1, 1, 1)).float()  # (h + 2, w + 2)
+    edges = (strokes[1:] != strokes[:-1]).sum() + (strokes[:, 1:] != strokes[:, :-1]).sum()
+    width = float(2 * strokes.sum() / edges)  # a stroke w wide and L long: area w * L, edges about 2 * L
+    long_side = max(digit.shape)
+    if width * FIT / long_side >= THIN_STROKE:
+        return digit
+    # Growing each stroke by 2r also grows the digit by 2r; solve for the width after the shrink.
+    r = max(1, round((TARGET_STROKE * long_side / FIT - width) / (1 - TARGET_STROKE / FIT) / 2))
+    grown = nn.functional.pad(digit, (r, r, r, r))[None, None]  # (1, 1, h + 2r, w + 2r)
+    # A square max filter 2r + 1 wide, as two 1-D passes (a row, then a column): far faster.
+    grown = nn.functional.max_pool2d(grown, (1, 2 * r + 1), stride=1, padding=(0, r))
+    grown = nn.functional.max_pool2d(grown, (2 * r + 1, 1), stride=1, padding=(r, 0))
+    return grown[0, 0]
+
+
+def fit_box(digit):
+    """Step 8: the longer side to FIT pixels, the aspect ratio kept, anti-aliased; (h, w) -> (<= 20, <= 20)."""
+    from PIL import Image
+
+    h, w = digit.shape
+    size = (max(1, round(w * FIT / max(h, w))), max(1, round(h * FIT / max(h, w))))  # Pillow's (width, height)
+    image = Image.frombytes("F", (w, h), digit.contiguous().numpy().tobytes())  # "F": 32-bit float pixels
+    image = image.resize(size, Image.Resampling.LANCZOS)
+    small = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(size[1], size[0])
+    small = small.clamp(0, 1)  # LANCZOS overshoots a little at sharp edges
+    return small / small.max()  # MNIST's digits all reach 1
+
+
+def centre_of_mass_at_centre(digit):
+    """Steps 9 and 10: the digit (h, w) pasted into 28x28 with its centre of mass on (CENTRE, CENTRE)."""
+    h, w = digit.shape
+    mass = digit.sum()
+    row = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)  # the centre of mass, in the digit
+    col = float((digit.sum(dim=0) * torch.arange(w)).sum() / mass)
+    # Whole-pixel shifts, as MNIST's; kept inside the 28x28 should the mass sit far off the middle.
+    top = min(max(round(CENTRE - row), 0), SEQ_LEN - h)
+    left = min(max(round(CENTRE - col), 0), IN_DIM - w)
+    canvas = torch.zeros(SEQ_LEN, IN_DIM)
+    canvas[top : top + h, left : left + w] = digit
+    return canvas
+
+
+def plot_predict(model, done, path):
+    """predict.png: per image, the image as given, the 28x28 the model sees, and its answer after each row."""
+    import matplotlib.pyplot as plt
+
+    device = next(model.parameters()).device
+    digits = torch.stack([item["digit"] for item in done])  # (n, 28, 28)
+    reading = None if model.bidirectional else probs_while_reading(model, digits.to(device))  # (n, 28, 10)
+    fig, axes = plt.subplots(len(done), 3, figsize=(9, 2.6 * len(done) + 0.8), squeeze=False,
+                             layout="constrained", gridspec_kw={"width_ratios": [36, SEQ_LEN, N_CLASS]})
+    for (ax_given, ax_digit, ax_probs), item, k in zip(axes, done, range(len(done))):
+        given = item["given"].copy()
+        given.thumbnail((400, 400))  # enough to show; a 12-megapixel photo would make the figure slow
+        ax_given.imshow(given.convert("RGBA"), cmap="gray")
+        name = item["path"].name if len(item["path"].name) <= 28 else item["path"].name[:25] + "..."
+        ax_given.set_title(f"{name}\nas given ({item['given'].width} x {item['given'].height})", fontsize=9)
+        ax_given.axis("off")
+        pred, probs = item["pred"], item["probs"]
+        shown = item["digit"].clone()
+        settled = None if reading is None else settled_row(reading[k], shown)
+        if settled is not None:
+            shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled, as reading.png does
+        ax_digit.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
+        ax_digit.set_title(f"what the model sees\npred {pred} ({100 * probs[pred]:.1f}%)", fontsize=9)
+        ax_digit.set(xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t")
+        if reading is None:  # --bidirectional: at row t the backward direction has read every row
+            ax_probs.axis("off")
+            ax_probs.text(0, 0.5, "bidirectional:\nno row-by-row\nreading", fontsize=8)
+            continue
+        ax_probs.imshow(reading[k].numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax_probs.set_xticks(range(N_CLASS), [str(c) for c in range(N_CLASS)], fontsize=7)
+        ax_probs.get_xticklabels()[pred].set(color="tab:orange", fontweight="bold")
+        ax_probs.set_yticks([])
+        ax_probs.set_title("after row t", fontsize=9)
+        ax_digit.set_xlabel(f"says {pred} from row {settled} on" if settled is not None
+                            else f"never sure: p({pred}) < {SETTLED_PROB:g}", fontsize=8)
+        for ax in (ax_digit, ax_probs):
+            if settled is not None:
+                ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
+    fig.suptitle("--predict: each image as given, the 28x28 MNIST would have made of it, and the class\n"
+                 "probabilities after each row (yellow = likely); from the orange line on the answer holds",
+                 fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 # ===========================================================================
@@ -1468,17 +1757,7 @@ def load_checkpoint(path, args):
     """The checkpoint at `path` as a dict, after checking it was made for this model."""
     if not Path(path).is_file():
         raise RunError(f"no checkpoint at {path}; train first (without --eval-only / --resume)")
-    try:
-        # weights_only=True only rebuilds tensors and plain containers: a file that
-        # asks for any other Python object is refused before any of its code runs.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        # The weights-only unpickler names the Python object it refused as a "GLOBAL".
-        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if refused:
-            raise RunError(f"{path} refused: it asks for the Python object {refused.group(1)}, which "
-                           f"could run code; load only checkpoints this script wrote") from None
-        raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
+    checkpoint = read_weights_only(path)
     if not isinstance(checkpoint, dict) or not str(checkpoint.get("format")).startswith("lstm_mnist checkpoint"):
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py")
     if checkpoint["format"] != CHECKPOINT_FORMAT:
@@ -1492,6 +1771,21 @@ def load_checkpoint(path, args):
                        f"pass --dataset {checkpoint['dataset']}")
     refuse_changes(path, checkpoint["hparams"], args, MODEL_FLAGS, "pass the same model flags")
     return checkpoint
+
+
+def read_weights_only(path):
+    """torch.load(path) of tensors and plain containers only (checkpoint.pt, RNN.pth), or a RunError saying why not."""
+    try:
+        # weights_only=True only rebuilds tensors and plain containers: a file that
+        # asks for any other Python object is refused before any of its code runs.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        # The weights-only unpickler names the Python object it refused as a "GLOBAL".
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if refused:
+            raise RunError(f"{path} refused: it asks for the Python object {refused.group(1)}, which "
+                           f"could run code; load only checkpoints this script wrote") from None
+        raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
 
 
 # checkpoint.pt's layout, as RunState.state_dict() writes it: every key and the type of its value.
@@ -1701,6 +1995,11 @@ def build_parser():
     run_group.add_argument("--eval-only", action="store_true",
                            help="skip training: reload the checkpoint in --out-dir, test it, draw the figures")
     run_group.add_argument("--show", action="store_true", help="also open the figures in windows")
+    # No default: left out of args (and so of the config line) unless given.
+    run_group.add_argument("--predict", nargs="+", metavar="PATH", default=argparse.SUPPRESS,
+                           help="train nothing: read your own images of handwritten digits (files or folders "
+                                "of PNG, JPEG, BMP, GIF, WebP) the way MNIST's were made, print what the model "
+                                "in --out-dir says, and draw predict.png")
     beyond = parser.add_argument_group("beyond the tutorial's recipe (opt-in; --recipe sets several at once)")
     beyond.add_argument("--recipe", choices=list(RECIPES), default=d["recipe"],
                         help="fast: " + recipe_flags("fast") + "; best: " + recipe_flags("best") +
