@@ -912,16 +912,18 @@ def load_trained(out_dir, args):
                        f"(add --epochs 1 for a quick one)")
     if checkpoint_file.is_file():  # Part 3: refuses a damaged file, another data set, other model flags
         checkpoint = load_checkpoint(checkpoint_file, args)
-        hparams, record = checkpoint["hparams"], f"{checkpoint['epoch']} epochs, {checkpoint_file}"
+        hparams, source = checkpoint["hparams"], checkpoint_file
+        record = f"{checkpoint['epoch']} epoch{'s' if checkpoint['epoch'] != 1 else ''}, {checkpoint_file}"
     else:  # RNN.pth alone (the tutorial's own script writes only that): the model flags given
-        hparams, record = model_hparams(args), "no checkpoint.pt: the model flags given"
+        hparams, source = model_hparams(args), "the model flags given"
+        record = "no checkpoint.pt: the model flags given"
     model = build_model(hparams)
     state_dict = read_weights_only(weights)  # Part 3: tensors only; pickled code is refused, never run
     try:
         model.load_state_dict(state_dict)
     except (RuntimeError, KeyError, TypeError, AttributeError) as err:
-        raise RunError(f"{weights} does not fit the model {record.split(', ')[-1]} describes "
-                       f"({last_line(err)}); RNN.pth and checkpoint.pt must come from the same run") from None
+        raise RunError(f"{weights} does not fit the model {source} describes ({last_line(err)}); "
+                       f"RNN.pth and checkpoint.pt must come from the same run") from None
     return model, f"{weights} ({record})"
 
 
@@ -1072,8 +1074,8 @@ def plot_predict(model, done, path):
     device = next(model.parameters()).device
     digits = torch.stack([item["digit"] for item in done])  # (n, 28, 28)
     reading = None if model.bidirectional else probs_while_reading(model, digits.to(device))  # (n, 28, 10)
-    fig, axes = plt.subplots(len(done), 3, figsize=(9, 2.6 * len(done) + 0.8), squeeze=False,
-                             layout="constrained", gridspec_kw={"width_ratios": [36, SEQ_LEN, N_CLASS]})
+    fig, axes = plt.subplots(len(done), 3, figsize=(6.6, 2.6 * len(done) + 0.8), squeeze=False,
+                             layout="constrained", gridspec_kw={"width_ratios": [30, SEQ_LEN, N_CLASS]})
     for (ax_given, ax_digit, ax_probs), item, k in zip(axes, done, range(len(done))):
         given = item["given"].copy()
         given.thumbnail((400, 400))  # enough to show; a 12-megapixel photo would make the figure slow

@@ -188,7 +188,7 @@ def test_predict_prints_one_line_per_image_and_draws_predict_png(tiny_model, tmp
     (folder / "notes.txt").write_text("not an image, and not picked from a folder")
     result = lstm_mnist.main(predict_argv(tiny_model, folder, folder / "seven.png"))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"model: {tiny_model / 'RNN.pth'} (1 epochs")
+    assert lines[0] == f"model: {tiny_model / 'RNN.pth'} (1 epoch, {tiny_model / 'checkpoint.pt'}), on cpu"
     assert [LINE.match(line).group(1) for line in lines[1:4]] == \
         [str(folder / "seven-thick.bmp"), str(folder / "seven.png"), str(folder / "seven.png")]
     assert lines[4] == f"saved {tiny_model / 'predict.png'}" and len(lines) == 5
@@ -273,6 +273,13 @@ def test_an_rnn_pth_of_another_model_is_refused(model_copy, tmp_path, capsys):
     err = fails(capsys, predict_argv(model_copy, tmp_path / "seven.png"), 1)
     assert f"{model_copy / 'RNN.pth'} does not fit the model {model_copy / 'checkpoint.pt'} describes" in err
     assert "size mismatch" in err
+
+
+def test_an_rnn_pth_alone_is_read_with_the_model_flags_given(model_copy, tmp_path, capsys):
+    (model_copy / lstm_mnist.CHECKPOINT_NAME).unlink()  # as the tutorial's own script leaves it
+    result = lstm_mnist.main(predict_argv(model_copy, tmp_path / "seven.png"))
+    assert "no checkpoint.pt: the model flags given" in capsys.readouterr().out
+    assert len(result["predictions"]) == 1
 
 
 class RunsCode:
