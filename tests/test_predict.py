@@ -198,6 +198,16 @@ def test_predict_prints_one_line_per_image_and_draws_predict_png(tiny_model, tmp
     assert not (tiny_model / "checkpoint.previous.pt").exists()  # nothing trained, nothing replaced
 
 
+def test_predict_png_of_a_bidirectional_model_says_there_is_no_row_by_row_reading(tmp_path):
+    lstm_mnist.use_windows(False)
+    model = lstm_mnist.RNN(28, 8, 1, 10, bidirectional=True).eval()
+    digit = lstm_mnist.to_mnist(drawn_seven())
+    done = [{"path": tmp_path / "seven.png", "given": drawn_seven(), "digit": digit, "probs": torch.full((10,), 0.1),
+             "pred": 7}]
+    lstm_mnist.plot_predict(model, done, tmp_path / "predict.png")
+    assert (tmp_path / "predict.png").stat().st_size > 5_000
+
+
 def test_the_default_run_has_no_predict_setting():
     # --predict is left out of args unless given, so the config line of every other run is unchanged.
     assert "predict" not in vars(lstm_mnist.parse_args([]))
@@ -335,7 +345,8 @@ def shifted_similarity(back, images):
     """The cosine similarity of each pair, at the best of the nine shifts by up to a pixel: (N,)."""
     padded = torch.nn.functional.pad(back, (1, 1, 1, 1))
     shifts = [padded[:, 1 + dy : 29 + dy, 1 + dx : 29 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    return torch.stack([torch.nn.functional.cosine_similarity(s.flatten(1), images.flatten(1)) for s in shifts]).amax(0)
+    cosine = torch.nn.functional.cosine_similarity
+    return torch.stack([cosine(shift.flatten(1), images.flatten(1)) for shift in shifts]).amax(dim=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -360,7 +371,8 @@ def write_folder(folder, n, data_dir=REAL_DATA):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         kind = KINDS[i % len(KINDS)]
-        save_disguised(disguise(images[i], kind, seed=i), kind, folder / f"{i:04d}-{int(labels[i])}-{kind}{SUFFIX[kind]}")
+        name = f"{i:04d}-{int(labels[i])}-{kind}{SUFFIX[kind]}"
+        save_disguised(disguise(images[i], kind, seed=i), kind, folder / name)
 
 
 if __name__ == "__main__":
