@@ -895,7 +895,7 @@ def predict_images(args):
     model, description = load_trained(args.out_dir, args)
     model.to(device).eval()
     print(f"model: {description}, on {device}")
-    done, failed = [], []
+    done, failed = [], []  # failed: a line for each path that could not be read; the others go on
     for path in image_files(args.predict, failed):
         try:
             given = open_image(path)
@@ -903,8 +903,7 @@ def predict_images(args):
             if digit is None:
                 raise RunError(f"{path}: no ink found (a blank page?); write the digit darker or bigger")
         except RunError as err:
-            failed.append(path)
-            print(f"lstm_mnist.py: error: {err}", file=sys.stderr)
+            bad_input(str(err), failed)
             continue
         with torch.inference_mode():
             probs = model(digit.unsqueeze(0).to(device)).float().softmax(dim=1)[0].cpu()  # (10,)
@@ -926,6 +925,12 @@ def predict_images(args):
     return {"predictions": done, "figure": figure}
 
 
+def bad_input(message, failed):
+    """One `lstm_mnist.py: error:` line for a path that cannot be read; the run goes on, to exit 1 at the end."""
+    failed.append(message)
+    print(f"lstm_mnist.py: error: {message}", file=sys.stderr)
+
+
 def load_trained(out_dir, args):
     """RNN.pth in `out_dir`, in the model that checkpoint.pt records; returns (model, a few words on it)."""
     weights, checkpoint_file = Path(out_dir) / "RNN.pth", checkpoint_path(out_dir)
@@ -935,37 +940,34 @@ def load_trained(out_dir, args):
                        f"(add --epochs 1 for a quick one)")
     if checkpoint_file.is_file():  # Part 3: refuses a damaged file, another data set, other model flags
         checkpoint = load_checkpoint(checkpoint_file, args)
-        hparams, source = checkpoint["hparams"], checkpoint_file
+        hparams = checkpoint["hparams"]
         record = f"{checkpoint['epoch']} epoch{'s' if checkpoint['epoch'] != 1 else ''}, {checkpoint_file}"
+        misfit = f"the model {checkpoint_file} records; RNN.pth and checkpoint.pt must come from the same run"
     else:  # RNN.pth alone (the tutorial's own script writes only that): the model flags given
-        hparams, source = model_hparams(args), "the model flags given"
-        record = "no checkpoint.pt: the model flags given"
+        hparams, record = model_hparams(args), "no checkpoint.pt: the model flags given"
+        misfit = "the model of the flags given (there is no checkpoint.pt); pass the flags it was trained with"
     model = build_model(hparams)
     state_dict = read_weights_only(weights)  # Part 3: tensors only; pickled code is refused, never run
     try:
         model.load_state_dict(state_dict)
     except (RuntimeError, KeyError, TypeError, AttributeError) as err:
-        raise RunError(f"{weights} does not fit the model {source} describes ({last_line(err)}); "
-                       f"RNN.pth and checkpoint.pt must come from the same run") from None
+        raise RunError(f"{weights} ({last_line(err)}) does not fit {misfit}") from None
     return model, f"{weights} ({record})"
 
 
 def image_files(paths, failed):
-    """The files named in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); bad paths go to `failed`."""
+    """The files named in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); bad ones to bad_input."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in PREDICT_SUFFIXES and p.is_file())
             if not found:
-                failed.append(path)
-                print(f"lstm_mnist.py: error: {path}: no image in this folder "
-                      f"({', '.join(PREDICT_SUFFIXES)})", file=sys.stderr)
+                bad_input(f"{path}: no image in this folder ({', '.join(PREDICT_SUFFIXES)})", failed)
             files += found
         elif path.is_file():
             files.append(path)  # named on its own: tried whatever its suffix
         else:
-            failed.append(path)
-            print(f"lstm_mnist.py: error: {path}: no such file or folder", file=sys.stderr)
+            bad_input(f"{path}: no such file or folder", failed)
     return files
 
 
