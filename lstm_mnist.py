@@ -942,16 +942,16 @@ def load_trained(out_dir, args):
         checkpoint = load_checkpoint(checkpoint_file, args)
         hparams = checkpoint["hparams"]
         record = f"{checkpoint['epoch']} epoch{'s' if checkpoint['epoch'] != 1 else ''}, {checkpoint_file}"
-        misfit = f"the model {checkpoint_file} records; RNN.pth and checkpoint.pt must come from the same run"
+        misfit = f"the model {checkpoint_file} records", "RNN.pth and checkpoint.pt must come from the same run"
     else:  # RNN.pth alone (the tutorial's own script writes only that): the model flags given
         hparams, record = model_hparams(args), "no checkpoint.pt: the model flags given"
-        misfit = "the model of the flags given (there is no checkpoint.pt); pass the flags it was trained with"
+        misfit = "the model of the flags given (no checkpoint.pt)", "pass the model flags it was trained with"
     model = build_model(hparams)
     state_dict = read_weights_only(weights)  # Part 3: tensors only; pickled code is refused, never run
     try:
         model.load_state_dict(state_dict)
     except (RuntimeError, KeyError, TypeError, AttributeError) as err:
-        raise RunError(f"{weights} ({last_line(err)}) does not fit {misfit}") from None
+        raise RunError(f"{weights} does not fit {misfit[0]} ({last_line(err)}); {misfit[1]}") from None
     return model, f"{weights} ({record})"
 
 
