@@ -111,7 +111,8 @@ def test_a_fresh_run_keeps_the_previous_runs_files(run_main, tmp_path, capsys):
     assert (out_dir / "checkpoint.previous.pt").read_bytes() == checkpoint
     assert (out_dir / "RNN.previous.pth").read_bytes() == weights
     assert torch.load(out_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    assert f"kept the previous run's checkpoint.pt as {out_dir / 'checkpoint.previous.pt'}" in capsys.readouterr().out
+    assert f"kept the finished run before this one as {out_dir / 'checkpoint.previous.pt'} and RNN.previous.pth" \
+        in capsys.readouterr().out
 
 
 def test_resume_and_eval_only_keep_no_copy(run_main, tmp_path):
