@@ -225,6 +225,7 @@ def test_ctrl_c_after_training_says_how_to_finish_with_eval_only(step, run_main,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    real_step = getattr(lstm_mnist, step)
     monkeypatch.setattr(lstm_mnist, step, interrupted)
     with pytest.raises(SystemExit) as exit_info:
         run_main("--epochs", "2", out_dir=tmp_path / "out")
@@ -234,7 +235,7 @@ def test_ctrl_c_after_training_says_how_to_finish_with_eval_only(step, run_main,
                            "--eval-only"])
     assert err == (f"lstm_mnist.py: interrupted after training: {tmp_path / 'out' / 'checkpoint.pt'} holds all 2 "
                    f"epochs; finish the final test and the figures with: {expected}\n")
-    monkeypatch.undo()
+    monkeypatch.setattr(lstm_mnist, step, real_step)
     # The printed command finishes the run without training again.
     capsys.readouterr()
     assert lstm_mnist.main(shlex.split(expected)[2:])["final_test_acc"] >= 0
