@@ -164,8 +164,8 @@ def test_the_loss_scale_is_saved_and_resumed(run_main, monkeypatch, tmp_path):
     assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["scaler"]["_growth_tracker"] == 16
 
 
-def test_checkpoints_without_amp_record_the_scaler_as_off(run_main, tmp_path):
-    result = run_main("--epochs", "1", out_dir=tmp_path / "out")
+def test_checkpoints_without_amp_record_the_scaler_as_off(shared_run):
+    result = shared_run("--epochs", "1")
     assert torch.load(result["checkpoint"], weights_only=True)["scaler"] == {}
 
 

@@ -105,10 +105,9 @@ def test_an_unwritable_out_dir_fails_before_loading_data(tmp_path, capsys):
 
 
 @pytest.fixture
-def trained(run_main, tmp_path):
-    """An out-dir holding a checkpoint of one tiny epoch."""
-    out_dir = tmp_path / "trained"
-    run_main("--epochs", "1", out_dir=out_dir)
+def trained(shared_run, copy_of):
+    """An out-dir holding a checkpoint of one tiny epoch: a copy of the session's, free to damage."""
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
     return out_dir, out_dir / lstm_mnist.CHECKPOINT_NAME
 
 

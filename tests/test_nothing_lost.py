@@ -109,9 +109,8 @@ def test_an_unreadable_raw_folder_is_one_line_for_real(tiny_data, tmp_path, caps
         raw.chmod(0o755)
 
 
-def test_an_unreadable_checkpoint_is_not_called_truncated(run_main, tiny_data, tmp_path, monkeypatch, capsys):
-    out_dir = tmp_path / "out"
-    run_main("--epochs", "1", out_dir=out_dir)
+def test_an_unreadable_checkpoint_is_not_called_truncated(shared_run, copy_of, tiny_data, monkeypatch, capsys):
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
     path = out_dir / "checkpoint.pt"
 
     def no_permission(f, *args, **kwargs):
@@ -124,9 +123,8 @@ def test_an_unreadable_checkpoint_is_not_called_truncated(run_main, tiny_data, t
 
 @pytest.mark.parametrize("where", ["write", "replace"])
 def test_a_checkpoint_that_cannot_be_written_says_the_last_one_is_intact(
-        where, run_main, tiny_data, tmp_path, monkeypatch, capsys):
-    out_dir = tmp_path / "out"
-    run_main("--epochs", "1", out_dir=out_dir)
+        where, shared_run, copy_of, tiny_data, monkeypatch, capsys):
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
     before = (out_dir / "checkpoint.pt").read_bytes()
     if where == "write":  # a full disk
         def full(obj, f):
@@ -178,9 +176,8 @@ def test_another_runtime_error_keeps_its_traceback(run_main, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["--eval-only", "--resume"])
-def test_a_history_row_without_what_the_figures_read_is_refused(mode, run_main, tiny_data, tmp_path, capsys):
-    out_dir = tmp_path / "out"
-    run_main("--epochs", "1", out_dir=out_dir)
+def test_a_history_row_without_what_the_figures_read_is_refused(mode, shared_run, copy_of, tiny_data, capsys):
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
     path = out_dir / "checkpoint.pt"
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["history"][0]["test_acc"]
@@ -264,9 +261,8 @@ def test_recipe_without_a_value_is_one_line(capsys):
     assert "--recipe" in err and "expected one argument" in err
 
 
-def test_a_damaged_optimizer_state_is_not_called_weights_that_do_not_fit(run_main, tiny_data, tmp_path, capsys):
-    out_dir = tmp_path / "out"
-    run_main("--epochs", "1", out_dir=out_dir)
+def test_a_damaged_optimizer_state_is_not_called_weights_that_do_not_fit(shared_run, copy_of, tiny_data, capsys):
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
     path = out_dir / "checkpoint.pt"
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["optimizer"]["param_groups"][0]["params"] = [0]  # one parameter, for a model of many
@@ -275,9 +271,9 @@ def test_a_damaged_optimizer_state_is_not_called_weights_that_do_not_fit(run_mai
     assert "do not fit" not in err and "is damaged" in err and "parameter group" in err
 
 
-def test_a_record_of_the_wrong_type_is_called_damaged_not_another_value(run_main, tiny_data, tmp_path, capsys):
-    out_dir = tmp_path / "out"
-    run_main("--epochs", "1", out_dir=out_dir)
+def test_a_record_of_the_wrong_type_is_called_damaged_not_another_value(shared_run, copy_of, tiny_data,
+                                                                          capsys):
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
     path = out_dir / "checkpoint.pt"
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["hparams"]["hidden_dim"] = "16"

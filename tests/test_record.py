@@ -53,10 +53,10 @@ def test_a_one_cycle_run_resumed_with_another_batch_size_is_refused_and_stays_re
     (["--augment"], "no --augment"),
     (["--label-smoothing", "0.1"], "--label-smoothing 0.0"),
 ])
-def test_resume_refuses_what_changes_the_course_of_the_run(flags, named, run_main, tiny_data, tmp_path, capsys):
-    run_main("--epochs", "1", out_dir=tmp_path / "out")
+def test_resume_refuses_what_changes_the_course_of_the_run(flags, named, shared_run, copy_of, tiny_data, capsys):
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
     capsys.readouterr()
-    err = fails(capsys, [*TINY_ARGS, "--data-dir", tiny_data, "--out-dir", tmp_path / "out", "--epochs", "2",
+    err = fails(capsys, [*TINY_ARGS, "--data-dir", tiny_data, "--out-dir", out_dir, "--epochs", "2",
                          "--resume", *flags], 1)
     assert named in err
 
@@ -166,9 +166,8 @@ def test_an_idx_file_of_zero_items_is_refused_in_one_line(name, n_dims, tiny_dat
 
 
 @pytest.fixture
-def saved(run_main, tmp_path):
-    out_dir = tmp_path / "saved"
-    run_main("--epochs", "1", out_dir=out_dir)
+def saved(shared_run, copy_of):
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
     return out_dir, out_dir / "checkpoint.pt"
 
 
