@@ -3,8 +3,9 @@
 The companion script of a Chinese-language tutorial on RNNs and LSTMs: each 28x28
 image is a sequence of 28 time steps of 28 pixels, a 2-layer `nn.LSTM` reads it, and a
 `nn.Linear` layer classifies the output of the last time step. With the tutorial's
-recipe (batch 100, Adam lr 1e-3, 30 epochs) expect about 99.0-99.1% test accuracy
-(the tutorial reports 99.08%) and about 95% after the first epoch.
+recipe (batch 100, Adam lr 1e-3, 30 epochs) expect about 98.8-99.1% test accuracy
+(the tutorial reports 99.08%; README says why the last epoch moves by a few tenths) and
+about 95-96% after the first epoch.
 
     python lstm_mnist.py                                   # the tutorial's run, 30 epochs
     python lstm_mnist.py --epochs 1 --device cpu           # a quick look on a laptop
@@ -16,24 +17,25 @@ How to read it: sections 0 to 8 are the tutorial's code sections, in its order, 
 banner carrying its heading; `main()` follows as the table of contents. That is the
 learner's path. After `main()` come three marked parts: Part 1, inside the LSTM
 (optional reading); Part 2, beyond the tutorial's recipe (the opt-in flags, and the fast
-data loader every run uses);
+data loader, DATASETS and the no-op Levers every run uses);
 Part 3, plumbing a learner may skip. `python lstm_mnist.py --help` lists every flag.
 
-怎麼讀這個檔案：從「# 0.」讀到 main() 結束，對應教學文的程式碼，段落的順序和標題都和教學文
-一樣；在編輯器裡搜尋教學文的標題（例如「訓練和測試過程」）就能跳到對應的段落。main() 之後
-有三個標示清楚的部分：Part 1「LSTM 的內部」是選讀，把教學文的理論（形狀表、手算 LSTM 單元、
-逐列閱讀與閘門的圖）寫成可以執行的程式；Part 2「教學文配方（recipe）之外」大多只在加上對應的
-參數（例如 --recipe fast）時才會用到，只有資料載入器 make_loader 每次都會用到；Part 3 是檢查、
-安全存檔、續跑和命令列等雜務，初學者可以跳過。教學文說的「每一行」（影像的一行）在這裡叫「每一列」
+怎麼讀這個檔案：從「# 0.」讀到 main() 結束，對應教學的程式碼，段落的順序和標題都和教學一樣；
+在編輯器裡搜尋教學的標題（例如「訓練和測試過程」）就能跳到對應的段落，主線上的重點大多有中文註解。
+main() 之後有三個標示清楚的部分：Part 1「LSTM 的內部」是選讀，把教學的理論（形狀表、手算 LSTM
+單元、逐列閱讀與閘門的圖）寫成可以執行的程式；Part 2「教學的訓練設定之外」是要加參數才會啟用的
+功能（例如 --recipe fast）；其中 make_loader、DATASETS、EVAL_BATCH_SIZE 和 Levers（不加參數時
+什麼都不改）每次都會用到。Part 3 是檢查、安全存檔、
+接續訓練和命令列等雜務，初學者可以跳過。教學說的「每一行」（影像橫的一排）在這裡叫「每一列」
 （row：橫的一列 28 個像素），也就是一個時間步。
 """
 
 # ---------------------------------------------------------------------------
 # 0. Imports (參照庫檔案)
 # ---------------------------------------------------------------------------
-# The tutorial's torch, nn and DataLoader (its `optim.Adam` is `torch.optim.Adam` below; its `T.ToTensor()`
-# is `.float().div(255)` in section 2). torchvision and matplotlib are imported where they are used, so
-# `import lstm_mnist` is as quick as `import torch`; most standard-library modules serve only Part 3.
+# The tutorial's `optim.Adam` is `torch.optim.Adam` (section 4), its `T.ToTensor()` is
+# `.float().div(255)` (section 2). Most standard-library modules serve only Part 3.
+# torchvision 和 matplotlib 在用到它們的函式裡才匯入（import），所以匯入這個檔案很快。
 
 import argparse
 import collections
@@ -55,39 +57,36 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 # ---------------------------------------------------------------------------
 # 1. Hyperparameters (超參設定)
 # ---------------------------------------------------------------------------
-# Every default lives here, once; the flags (and --recipe) only override it. The values are the
-# tutorial's, so the printed numbers can be compared with it. (Its misspelt `num_epoches` is `epochs`
-# here; the opt-in flags beyond its recipe keep their defaults at the head of Part 2, BEYOND_DEFAULTS.)
-# 所有預設值都集中在這裡，數值就是教學的配方；命令列參數只會覆蓋它們。
+# The defaults, listed once: the tutorial's values, which the flags only override.
+# 預設值只寫一次；命令列參數只會覆蓋它們。數值就是教學的設定，印出的數字才能和教學對照。
+# 教學的 num_epoches 拼錯了，這裡叫 epochs。教學以外、要加參數才會啟用的功能，預設值在 Part 2 開頭。
 DEFAULTS = {
-    # The tutorial's recipe.
-    "batch_size": 100,  # images per training step
-    "lr": 1e-3,  # Adam learning rate
-    "epochs": 30,  # passes over the 60,000 training images (the tutorial's num_epoches)
-    # nn.LSTM's parameters, as the tutorial documents them (input_size is fixed: 28 pixels).
-    "hidden_dim": 128,  # hidden_size: features in h_t and c_t
-    "n_layer": 2,  # num_layers: LSTMs stacked, each reading the outputs of the one below
-    "bias": True,  # bias: the b_ih and b_hh terms of every gate
-    "batch_first": True,  # batch_first: tensors are (batch, seq, feature), as in the tutorial
-    "dropout": 0.0,  # dropout on the outputs of every LSTM layer but the last; 0 = off
-    "bidirectional": False,  # also read each image bottom-up, and join both directions
-    # The run.
-    "dataset": "mnist",  # mnist or fashion-mnist (torchvision's FashionMNIST)
-    "data_dir": "./data",  # holds MNIST/raw/ (or FashionMNIST/raw/); downloaded if missing
-    "out_dir": "./outputs",  # RNN.pth, checkpoint.pt and the figures
-    "device": "auto",  # auto = CUDA, else Apple MPS, else CPU (the tutorial's use_gpu)
-    "seed": 0,  # seeds the weights, the data order and dropout
-    "log_interval": 100,  # every N training batches, print the mean training loss so far
-    "max_batches": None,  # stop each epoch after this many batches (None = whole epoch)
+    # The tutorial's recipe. 教學的訓練設定
+    "batch_size": 100,  # images per training step (批次大小)
+    "lr": 1e-3,  # Adam's learning rate (學習率)
+    "epochs": 30,  # passes over the 60,000 training images (訓練週期數)
+    # 教學列出的 nn.LSTM 參數；input_size 固定是 28（一列 28 個像素）。
+    "hidden_dim": 128,  # hidden_size: the length of h_t and c_t (隱藏狀態的維度)
+    "n_layer": 2,  # num_layers: LSTMs stacked (堆疊的層數)
+    "bias": True,  # bias: every gate has bias terms (偏置)
+    "batch_first": True,  # batch_first: tensors are (batch, seq, feature)
+    "dropout": 0.0,  # dropout between LSTM layers; 0 = off
+    "bidirectional": False,  # also read each image bottom-up (雙向 LSTM)
+    # The run's own settings. 這次執行本身的設定
+    "dataset": "mnist",  # mnist or fashion-mnist
+    "data_dir": "./data",  # the folder that holds MNIST/raw/; downloaded if missing
+    "out_dir": "./outputs",  # RNN.pth, checkpoint.pt and the figures (存檔與圖的資料夾)
+    "device": "auto",  # auto = CUDA, else Apple MPS, else CPU (教學的 use_gpu)
+    "seed": 0,  # random seed: the same seed gives the same numbers (亂數種子)
+    "log_interval": 100,  # print the mean training loss every N batches
+    "max_batches": None,  # stop each epoch after N batches, for a quick look (None = all)
 }
 
 
 def pick_device(name):
-    """The tutorial's `use_gpu = torch.cuda.is_available()`, extended to Apple GPUs (MPS).
-
-    auto = CUDA if present, else MPS, else CPU. The tutorial calls `.cuda()` on the model
-    and on every batch; here the data and the model are moved once, with `.to(device)`.
-    """
+    """The tutorial's `use_gpu = torch.cuda.is_available()`, extended to Apple GPUs (MPS)."""
+    # 依序找 NVIDIA GPU、Apple GPU（MPS），都沒有才用 CPU。教學在每一批呼叫 .cuda()；
+    # 這裡資料和模型只用 .to(device) 搬一次，同一份程式在 CPU 上也能跑。
     if name != "auto":
         return torch.device(name)  # --device cuda / mps was checked when it was parsed
     if torch.cuda.is_available():
@@ -100,49 +99,54 @@ def pick_device(name):
 # ---------------------------------------------------------------------------
 # 2. The data (MINST數據集匯入)
 # ---------------------------------------------------------------------------
-# "MINST" is the tutorial's typo for MNIST, kept so a search finds it. Its DataLoader runs ToTensor on every
-# image in every epoch; here the set is converted once, with ToTensor's arithmetic, onto the device.
+# "MINST" is the tutorial's typo for MNIST, kept so that a search finds it.
+# 教學的 DataLoader 每個 epoch 都把每張圖重新轉成張量；這裡一開始就整批轉好，搬到裝置
+# （GPU 或 CPU）上，比較快。
 
 
 def load_split(data_dir, dataset, train):
     """Return (images, labels) of one split: (N, 28, 28) float32 in [0, 1] and (N,) int64."""
     from torchvision import datasets
 
-    class_name = DATASETS[dataset][0]  # "MNIST" ("FashionMNIST" with --dataset fashion-mnist)
+    class_name = DATASETS[dataset][0]  # "MNIST" (or "FashionMNIST")
     ensure_raw_files(data_dir, class_name, train)  # Part 3: download if missing, check the files
-    data = getattr(datasets, class_name)(data_dir, train=train)  # the tutorial's datasets.MNIST(root=..., train=...)
-    check_labels(data, data_dir, class_name, train)
-    # No channel axis: the tutorial squeezes (batch, 1, 28, 28) to (batch, 28, 28) after `assert c == 1` in
-    # every batch; here check_idx_file (Part 3) checks once that the files hold 28x28 one-channel images.
-    # 沒有通道維度：MNIST 是黑白單通道圖片，教學文在每個批次用 img.squeeze(1) 去掉它，這裡一開始就是 (N, 28, 28)。
+    data = getattr(datasets, class_name)(data_dir, train=train)  # datasets.MNIST(root, train)
+    check_labels(data, data_dir, class_name, train)  # Part 3: 圖片數和標籤數相同、標籤都在 0–9
+    # 沒有通道維度：MNIST 是單通道的灰階圖，教學每批用 img.squeeze(1) 去掉它；
+    # 這裡一開始就是 (N, 28, 28)。
     images = data.data.float().div(255)  # what ToTensor does: uint8 0..255 -> float 0..1
     return images, data.targets  # (N, 28, 28), (N,)
 
 
 def load_data(data_dir, dataset, device, batch_size, seed, max_batches=None, val_size=0):
-    """A dict: the tutorial's train_loader and test_loader (tensors on `device`), "val" (with --val-size), the generator."""
+    """The tutorial's train_loader and test_loader (on `device`), "val" and the generator."""
     train_images, train_labels = load_split(data_dir, dataset, train=True)
     test_images, test_labels = load_split(data_dir, dataset, train=False)
     if max_batches:  # a quick run also tests on a slice of the test set
-        test_images, test_labels = test_images[: max_batches * batch_size], test_labels[: max_batches * batch_size]
+        n_test = max_batches * batch_size
+        test_images, test_labels = test_images[:n_test], test_labels[:n_test]
     val_loader = None
     if val_size:  # Part 2: choose settings on held-out training images, never on the test set
-        (val_images, val_labels), (train_images, train_labels) = hold_out(train_images, train_labels, val_size)
-        val_loader = make_loader(val_images.to(device), val_labels.to(device), EVAL_BATCH_SIZE, shuffle=False)
-    generator = torch.Generator().manual_seed(seed)  # the data order's own random stream
-    # make_loader (Part 2) is DataLoader(dataset, batch_size, shuffle) over tensors already on the device.
-    train_loader = make_loader(train_images.to(device), train_labels.to(device), batch_size, shuffle=True,
-                               generator=generator, max_batches=max_batches)
-    # 500 test images per batch, not 100: no gradients, so bigger batches are faster; per-image results are the same.
-    test_loader = make_loader(test_images.to(device), test_labels.to(device), EVAL_BATCH_SIZE, shuffle=False)
+        (val_images, val_labels), (train_images, train_labels) = hold_out(
+            train_images, train_labels, val_size)
+        val_loader = make_loader(val_images.to(device), val_labels.to(device), EVAL_BATCH_SIZE,
+                                 shuffle=False)
+    generator = torch.Generator().manual_seed(seed)  # the data order's own random numbers
+    # make_loader (Part 2) = DataLoader(dataset, batch_size, shuffle), over tensors on the device.
+    # 訓練資料每個 epoch 重新洗牌（shuffle=True），測試資料不洗牌，和教學一樣。
+    train_loader = make_loader(train_images.to(device), train_labels.to(device), batch_size,
+                               shuffle=True, generator=generator, max_batches=max_batches)
+    # 測試不需要梯度，所以一批 500 張（教學是 100）比較快，結果相同。
+    test_loader = make_loader(test_images.to(device), test_labels.to(device), EVAL_BATCH_SIZE,
+                              shuffle=False)
     return {"train": train_loader, "val": val_loader, "test": test_loader, "generator": generator}
 
 
 # ---------------------------------------------------------------------------
 # 3. The model (定義LSTM結構)
 # ---------------------------------------------------------------------------
-# Each image row is one input x_t, so input_size=28; the tutorial's hidden_size=128,
-# num_layers=2 and batch_first=True are the defaults. What flows through RNN(28, 128, 2, 10):
+# Each image row is one input x_t, so input_size=28. What flows through RNN(28, 128, 2, 10):
+# 每張圖的一列（教學說的「一行」，即 28 個像素）是一個輸入 x_t，也就是一個時間步。
 #
 #   image (batch, 28, 28) = 28 rows x_0 ... x_27, each (batch, 28 pixels)
 #              x_0         x_1                 x_27
@@ -153,21 +157,21 @@ def load_data(data_dir, dataset, device, batch_size, seed, max_batches=None, val
 #                                               |
 #                           last h = output[:, -1] = h_n[-1]: (batch, 128)
 #                                               |
-#                                 Linear(128 -> 10) (the classifier)
+#                                 Linear(128 -> 10) (the classifer)
 #                                               |
 #                                10 scores (logits): (batch, 10)
 #
 # One [A] per layer, used at every row with the same weights (the tutorial's single A unit).
+# 每一層只有一個 A 單元，每一列都用同一組權重；第 2 層讀的是第 1 層每一步的 h_t。
 IN_DIM = 28  # in_dim = input_size: the 28 pixels of one row, read at each time step
-SEQ_LEN = 28  # 28 rows per image = 28 time steps
+SEQ_LEN = 28  # 28 rows per image = 28 time steps (28 列 = 28 個時間步)
 N_CLASS = 10  # n_class: ten digits (or ten kinds of clothing)
 
 
 class RNN(nn.Module):
     """nn.LSTM over the 28 rows of an image, then nn.Linear on the last time step.
 
-    `RNN(28, 128, 2, 10)` is the tutorial's model. Keyword arguments are nn.LSTM's other
-    parameters from the tutorial's list (bias, batch_first: True unless given, dropout, bidirectional).
+    `RNN(28, 128, 2, 10)` is the tutorial's model; keywords go to nn.LSTM (bias, dropout...).
     """
 
     def __init__(self, in_dim, hidden_dim, n_layer, n_class, **lstm_options):
@@ -176,29 +180,31 @@ class RNN(nn.Module):
         self.batch_first, self.bidirectional = self.lstm.batch_first, self.lstm.bidirectional
         num_directions = 2 if self.bidirectional else 1
         # `classifer` (sic) is the tutorial's name: RNN.pth's keys, so its own class loads our file.
+        # 沿用教學的拼字 classifer，教學自己的 class RNN 才能直接載入這裡存的 RNN.pth。
         self.classifer = nn.Linear(num_directions * hidden_dim, n_class)
 
-    def forward(self, images):  # images: (batch, 28 rows = time steps, 28 pixels); 每一列是一個時間步
+    def forward(self, images):  # images: (batch, 28 rows = time steps, 28 pixels)
         if not self.batch_first:
             images = images.transpose(0, 1)  # -> (28 time steps, batch, 28 pixels)
-        # No (h_0, c_0) is passed, so nn.LSTM starts every image from zeros, as the tutorial does.
+        # 沒有傳入 (h_0, c_0)，所以每張圖都從全零的狀態開始讀，和教學一樣。
         output, (h_n, c_n) = self.lstm(images)
-        # output: (batch, 28, num_directions * hidden_dim), or (28, batch, ...) without
-        #         batch_first: the top layer's h_t at every time step.
-        # h_n, c_n: (n_layer * num_directions, batch, hidden_dim): every layer's last h_t and c_t.
+        # output: (batch, 28, num_directions * hidden_dim), (28, batch, ...) without batch_first:
+        #         the top layer's h_t at every step.
+        # h_n, c_n: (n_layer * num_directions, batch, hidden_dim): every layer's last h_t, c_t.
         if self.bidirectional:
             # The backward direction's output at the last row has read only that row; its
             # final state h_n[-1] has read the whole image (h_n[-2]: the forward one's).
             last = torch.cat([h_n[-2], h_n[-1]], dim=1)  # (batch, 2 * hidden_dim)
         else:
-            # The tutorial's `out[:, -1, :]` ("即hn"): the top layer's output after the last row.
-            # 教學文的「即hn」：output 在最後一個時間步的值，就是最上層 LSTM 讀完 28 列後的 h_n[-1]（h_n 含每一層）。
+            # 教學的 out[:, -1, :]「即hn」：最後一個時間步的 output，
+            # 就是最上層讀完 28 列後的 h_n[-1]。
             last = output[:, -1, :] if self.batch_first else output[-1]  # (batch, hidden_dim)
+        # 接全連線層，得到 10 個分數（logits），還不是機率。
         return self.classifer(last)  # (batch, n_class) scores (logits), one per class
 
 
 def build_model(hparams):
-    """An RNN from a dict of nn.LSTM's flags; with the defaults, the tutorial's RNN(28, 128, 2, 10)."""
+    """An RNN from a dict of nn.LSTM's flags; by default the tutorial's RNN(28, 128, 2, 10)."""
     return RNN(IN_DIM, hparams["hidden_dim"], hparams["n_layer"], N_CLASS,
                dropout=hparams["dropout"], bidirectional=hparams["bidirectional"],
                bias=hparams["bias"], batch_first=hparams["batch_first"])
@@ -210,13 +216,12 @@ def build_model(hparams):
 
 
 def make_criterion_and_optimizer(model, lr, weight_decay=0.0):
-    # CrossEntropyLoss takes the raw scores (logits) and applies log-softmax itself, so the
-    # model ends without a softmax. It returns the mean loss over the batch.
-    # 損失函數接收的是原始分數（logits），自己會做 log-softmax（教學文說的「softmax 損失函數」），模型最後不需要 softmax。
+    # 損失函數接收的是原始分數（logits），自己會做 log-softmax（教學說的「softmax 損失函數」），
+    # 所以模型最後不必加 softmax。它傳回的是這一批的平均損失。
     criterion = nn.CrossEntropyLoss()
-    if weight_decay:  # Part 2: --weight-decay uses AdamW (weight decay applied separately from Adam's update)
+    if weight_decay:  # Part 2: --weight-decay uses AdamW (Adam with decoupled weight decay)
         return criterion, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    return criterion, torch.optim.Adam(model.parameters(), lr=lr)
+    return criterion, torch.optim.Adam(model.parameters(), lr=lr)  # 教學的 optim.Adam
 
 
 # ---------------------------------------------------------------------------
@@ -224,47 +229,47 @@ def make_criterion_and_optimizer(model, lr, weight_decay=0.0):
 # ---------------------------------------------------------------------------
 
 
-def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interval=None, epoch_label=""):
+def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interval=None,
+                    epoch_label=""):
     """One pass over `loader`; returns (train_loss per image, train_acc in %, images seen).
 
-    `levers` (Part 2) carries the opt-in flags; without them each step is the tutorial's.
+    Without `levers` (Part 2: the opt-in flags) each step is the tutorial's.
     """
-    levers = levers or Levers()
-    model.train()  # dropout on, if any
+    levers = levers or Levers()  # 不加 Part 2 的參數時 Levers() 什麼都不改：每一步就是教學的寫法
+    model.train()  # 訓練模式：有 dropout 的話會開啟
     device = next(model.parameters()).device
-    # The tutorial's running train_loss and train_acc (train_loss, train_acc below are the final means).
-    # These sums stay on the device: reading them (.item()) every batch would wait for a GPU.
+    # 教學的 train_loss、train_acc 累加值；留在裝置上，不必每批都等 GPU 算完再 .item()。
     loss_sum = torch.zeros((), device=device)
     num_correct = torch.zeros((), dtype=torch.long, device=device)
     num_seen = 0
-    for i, (images, labels) in enumerate(loader, 1):  # images: (batch, 28, 28), on the device
-        images = levers.augment(images)  # --augment: warped at random; otherwise unchanged
-        with levers.autocast:  # --amp: mixed precision; otherwise does nothing
-            out = model(images)  # (batch, 10) scores
-        loss = criterion(out.float(), labels)  # the mean over the batch; .float() matters only under --amp
-        optimizer.zero_grad()
-        if levers.step_changed:  # --one-cycle, --ema or float16 --amp: Part 2's step
+    for i, (images, labels) in enumerate(loader, 1):  # images: (batch, 28, 28), labels: (batch,)
+        images = levers.augment(images)  # Part 2, --augment: warped at random; else unchanged
+        with levers.autocast:  # Part 2, --amp: mixed precision; else does nothing
+            out = model(images)  # (batch, 10) scores. 前向傳播，得到每一類的分數
+        loss = criterion(out.float(), labels)  # 這一批的平均損失（--amp 時先轉回 float32）
+        optimizer.zero_grad()  # 梯度清零
+        if levers.step_changed:  # 預設不會進這裡（--one-cycle、--ema 等才會）
             levers.step(loss)
         else:
-            loss.backward()
-            optimizer.step()
+            loss.backward()  # 反向傳播，算出梯度
+            optimizer.step()  # 依梯度更新權重
         loss_sum += loss.detach() * len(labels)  # batch mean -> batch sum
-        num_correct += (out.argmax(dim=1) == labels).sum()  # argmax: the tutorial's torch.max(out, 1)[1]
+        num_correct += (out.argmax(dim=1) == labels).sum()  # argmax = torch.max(out, 1)[1]
         num_seen += len(labels)
         if log_interval and i % log_interval == 0:
-            print(f"  epoch {epoch_label} | batch {i:>4}/{len(loader)} | loss {loss_sum.item() / num_seen:.4f}")
-    # The tutorial sums batch means and divides by the dataset size: the loss per image divided by the
-    # batch size (with batch 100, its 0.000106 is 0.0106 here). Ours is the mean per image.
-    # 損失的單位：教學文的 Loss 是「每張圖的平均 ÷ batch_size」，這裡印每張圖的平均，是它的 batch_size 倍（預設 100 倍）。
+            print(f"  epoch {epoch_label} | batch {i:>4}/{len(loader)} | "
+                  f"loss {loss_sum.item() / num_seen:.4f}")
+    # 損失的單位：教學把每批的平均加總後除以圖片數，等於「每張圖的平均 ÷ batch_size」；
+    # 這裡印每張圖的平均，是它的 batch_size 倍（預設 100 倍：教學的 0.000106 是這裡的 0.0106）。
     train_loss = loss_sum.item() / num_seen
-    train_acc = 100.0 * num_correct.item() / num_seen  # the tutorial prints a fraction, 0.996667
+    train_acc = 100.0 * num_correct.item() / num_seen  # in %; the tutorial prints 0.996667
     return train_loss, train_acc, num_seen
 
 
-@torch.inference_mode()  # like the tutorial's torch.no_grad(), a little faster. 測試時不記錄梯度。
+@torch.inference_mode()  # like the tutorial's torch.no_grad(). 測試時不需要梯度
 def evaluate(model, loader, criterion, autocast=contextlib.nullcontext()):
     """Returns (eval_loss per image, eval_acc in %) of `model` on `loader`."""
-    model.eval()  # dropout off (教學文：使 dropout 失去作用)
+    model.eval()  # 測試模式：dropout 失去作用
     loss_sum, num_correct, num_seen = 0.0, 0, 0
     for images, labels in loader:
         with autocast:
@@ -276,43 +281,43 @@ def evaluate(model, loader, criterion, autocast=contextlib.nullcontext()):
 
 
 def fit(run, loaders, criterion, args):
-    """Train from epoch run.epoch + 1 to args.epochs, testing and saving the run after each epoch."""
-    split = "val" if loaders["val"] else "test"  # what each epoch is measured on
-    train_criterion = run.levers.train_criterion(criterion)  # criterion itself, unless --label-smoothing
-    for epoch in range(run.epoch + 1, args.epochs + 1):
+    """Train from epoch run.epoch + 1 to args.epochs; test and save after each epoch."""
+    split = "val" if loaders["val"] else "test"  # --val-size: held-out training images
+    train_criterion = run.levers.train_criterion(criterion)  # criterion, or --label-smoothing's
+    # run.epoch：已完成的 epoch 數；新的訓練是 0，--resume 時從 checkpoint 讀回。
+    for epoch in range(run.epoch + 1, args.epochs + 1):  # 教學的 for epoch in range(num_epoches)
         start = time.perf_counter()
-        train_loss, train_acc, num_seen = train_one_epoch(run.model, loaders["train"], train_criterion, run.optimizer,
-                                                          run.levers, args.log_interval, f"{epoch:>2}/{args.epochs}")
+        train_loss, train_acc, num_seen = train_one_epoch(
+            run.model, loaders["train"], train_criterion, run.optimizer, run.levers,
+            args.log_interval, f"{epoch:>2}/{args.epochs}")
         train_seconds = time.perf_counter() - start
-        # run.tested is the trained model itself, or with --ema its moving average.
+        # run.tested：要測試、存檔的模型；預設就是 run.model（--ema 時是權重的移動平均）。
         eval_loss, eval_acc = evaluate(run.tested, loaders[split], criterion, run.levers.autocast)
         seconds = time.perf_counter() - start
-        # The tutorial's `Finish 30 epoch, Loss: ..., Acc: ...` and `Test Loss: ..., Acc: ...`, on one line:
-        # both losses are its numbers x batch_size (0.000364 -> 0.0364), accuracies in % (0.990800 -> 99.08%).
-        print(f"epoch {epoch:>2}/{args.epochs} | train loss {train_loss:.4f} acc {train_acc:.2f}% | "
-              f"{split} loss {eval_loss:.4f} acc {eval_acc:.2f}% | "
+        # 教學每個 epoch 印的四行（****、epochN、Finish ...、Test Loss ...）在這裡合成一行。
+        print(f"epoch {epoch:>2}/{args.epochs} | train loss {train_loss:.4f} "
+              f"acc {train_acc:.2f}% | {split} loss {eval_loss:.4f} acc {eval_acc:.2f}% | "
               f"{seconds:.1f} s, {num_seen / train_seconds:.0f} img/s")
-        run.epoch = epoch
-        run.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                            f"{split}_loss": eval_loss, f"{split}_acc": eval_acc, "seconds": seconds,
-                            "label_smoothing": run.levers.label_smoothing})  # so curves.png can say so
-        save_checkpoint(run, args.out_dir)  # Part 3: checkpoint.pt, the whole run, for --resume
+        # Part 3：把這個 epoch 的結果記進 run.history（checkpoint.pt 和 curves.png 會用到）。
+        run.end_epoch(epoch, train_loss, train_acc, split, eval_loss, eval_acc, seconds)
+        # 每個 epoch 結束都存 checkpoint.pt（整個訓練狀態），中斷後可以用 --resume 接續訓練。
+        save_checkpoint(run, args.out_dir)  # Part 3
 
 
 # ---------------------------------------------------------------------------
 # 6. Save the model (儲存模型)
 # ---------------------------------------------------------------------------
-# The tutorial's file, RNN.pth: the weights alone, a bare state_dict. (checkpoint.pt, saved after
-# every epoch by Part 3, also holds the optimizer and the rest of the run, for --resume.)
+# RNN.pth holds the weights alone, as in the tutorial; checkpoint.pt holds the whole run.
 
 
 def save_model(model, out_dir):
-    """The tutorial's `torch.save(model.state_dict(), './RNN.pth')`, in --out-dir; returns the path."""
+    """The tutorial's `torch.save(model.state_dict(), './RNN.pth')`, in --out-dir."""
     path = Path(out_dir) / "RNN.pth"
-    # Only the weights (a dict of tensors), not the model object: section 7 builds an RNN for them.
     # 只存權重（state_dict），不存模型物件；重新載入時先建一個新的 RNN，再把權重放進去（第 7 段）。
+    # 存成 CPU 張量：在 GPU 上訓練的檔案，筆電用教學那一行 torch.load 也讀得到。
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
     with atomic_file(path) as f:  # Part 3: a temporary file, renamed to RNN.pth once complete
-        torch.save(model.state_dict(), f)
+        torch.save(weights, f)
     print(f"saved {path}")
     return path
 
@@ -323,14 +328,15 @@ def save_model(model, out_dir):
 
 
 def final_test(path, run, test_loader, criterion):
-    """Reload RNN.pth into a fresh RNN and test it, the tutorial's way; returns (model, loss, acc)."""
-    model = build_model(run.hparams).to(run.device)  # a fresh RNN with this run's flags (RNN(28, 128, 2, 10) by default)
-    # The tutorial's `model.load_state_dict(torch.load('./RNN.pth'))`; weights_only=True reads tensors only.
-    # 重新載入：新模型 + 存好的權重；weights_only=True 只讀張量，不會執行檔案裡的程式碼。
+    """Reload RNN.pth into a fresh RNN and test it; returns (model, loss, acc)."""
+    model = build_model(run.hparams).to(run.device)  # a fresh RNN(28, 128, 2, 10) by default
+    # The tutorial's `model.load_state_dict(torch.load('./RNN.pth'))`.
+    # 重新載入：新模型 + 存好的權重。weights_only=True 只讀取張量，不會執行檔案裡的程式碼。
     model.load_state_dict(torch.load(path, map_location=run.device, weights_only=True))
-    print("Final Test" + (" (the moving average of the weights, --ema)" if run.settings["ema"] else ""))
-    eval_loss, eval_acc = evaluate(model, test_loader, criterion)  # float32 even with --amp, like the figures
-    # 教學文最後的 Final Test 除以批次數，本來就是每張圖的平均，和這裡的 final test loss 一樣，不必換算。
+    ema = " (the moving average of the weights, --ema)" if run.settings["ema"] else ""
+    print("Final Test" + ema)
+    eval_loss, eval_acc = evaluate(model, test_loader, criterion)  # float32, even with --amp
+    # 教學的 Final Test 除以批次數，本來就是每張圖的平均損失，和這裡一樣，不必換算。
     print(f"final test loss: {eval_loss:.4f}")
     return model, eval_loss, eval_acc
 
@@ -338,36 +344,56 @@ def final_test(path, run, test_loader, criterion):
 # ---------------------------------------------------------------------------
 # 8. Look at a prediction (提取一個範例進行直觀認識)
 # ---------------------------------------------------------------------------
-# The tutorial prints test image 0's label, scores and class, and draws it with plt.imshow, never shown
-# or saved; its `.cuda()` there crashes on a CPU. Here it runs where the model is; figures are PNG files.
-# 圖都存成 --out-dir 裡的 PNG 檔（不會跳出視窗，除非加 --show），所以在沒有螢幕的機器上也能跑。
+# The tutorial's plt.imshow is never shown or saved, and its `.cuda()` here fails on a CPU.
+# 圖都存成 --out-dir 裡的 PNG 檔（加 --show 才會開視窗），所以沒有螢幕的機器也能跑。
 
 
 @torch.inference_mode()
 def show_example(model, test_loader, class_names):
-    """Print test image 0's label, its 10 scores and the predicted class; returns the prediction."""
+    """Print test image 0's label, its 10 scores and the predicted class; returns the class."""
     images, labels = test_loader.dataset.tensors  # (N, 28, 28), (N,): the test set, in order
     model.eval()
-    # The tutorial feeds imgs[0], (1, 28, 28), its channel axis acting as a batch of one; images[:1] is one.
+    # 教學餵 imgs[0]，形狀 (1, 28, 28)：通道維度剛好當成「一張圖的批次」。
     output = model(images[:1]).float().cpu()  # (1, 28, 28) -> (1, 10): one score per class
-    pred = int(output.argmax(dim=1))  # the tutorial's torch.max(output, dim=1)[1]: the class with the highest score
+    pred = int(output.argmax(dim=1))  # 分數最高的類別，就是預測（教學的 torch.max(output, 1)[1]）
     label = int(labels[0])
     print(f"test image 0: label {class_names[label]}, scores {output[0]}")
     print(f"test image 0: label {class_names[label]}, pred {class_names[pred]}")
     return pred
 
 
+def plot_scores(model, image, label, class_names, path):
+    """scores.png: the tutorial's one example, test image 0, beside its 10 class probabilities."""
+    import matplotlib.pyplot as plt
+
+    with torch.inference_mode():
+        model.eval()
+        scores = model(image.unsqueeze(0))[0].float().cpu()  # (1, 28, 28) -> (10,) logits
+    probs = scores.softmax(dim=0)  # 用 softmax 把分數換成機率（加起來是 1）
+    fig, (ax_image, ax_bars) = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax_image.imshow(image.cpu().numpy(), cmap="gray")  # 教學的 plt.imshow(show.numpy())
+    ax_image.set_title(f"test image 0: true {class_names[label]}")
+    ax_image.axis("off")
+    colors = ["tab:green" if i == label else "tab:blue" for i in range(len(class_names))]
+    ax_bars.bar(range(len(class_names)), probs.tolist(), color=colors)
+    ax_bars.set_xticks(range(len(class_names)), class_names,
+                       rotation=45 if len(class_names[0]) > 1 else 0)
+    ax_bars.set_ylim(0, 1)
+    ax_bars.set_ylabel("probability (softmax of the scores)")
+    ax_bars.set_title(f"pred {class_names[int(probs.argmax())]} / true {class_names[label]}")
+    fig.tight_layout()
+    fig.savefig(path)  # 存成檔案，而不是只在螢幕上畫
+    plt.close(fig)
+
+
 def draw_figures(model, test_loader, history, class_names, out_dir, show):
-    """Draw every figure from the reloaded model on the test set; returns {name: path}."""
+    """scores.png here, the other figures in Part 1; returns {name: path}."""
     use_windows(show)  # Part 1: draw to files only, unless --show asks for windows too
     images, labels = test_loader.dataset.tensors
     paths = {name: Path(out_dir) / f"{name}.png"
              for name in ("predictions", "scores", "curves", "reading", "gates", "mistakes")}
-    plot_scores(model, images[0], int(labels[0]), class_names, paths["scores"])  # the tutorial's one example
-    plot_predictions(model, images, labels, class_names, paths["predictions"])  # Part 1: more figures
-    plot_curves(history, paths["curves"])
-    if not draw_inside_figures(model, test_loader, class_names, paths):  # reading, gates, mistakes
-        del paths["reading"]
+    plot_scores(model, images[0], int(labels[0]), class_names, paths["scores"])  # 教學的那個例子
+    draw_more_figures(model, test_loader, history, class_names, paths)  # Part 1: 其他五張圖
     for path in paths.values():
         print(f"saved {path}")
     if show:
@@ -381,43 +407,43 @@ def draw_figures(model, test_loader, history, class_names, out_dir, show):
 
 
 def main(argv=None):
-    """Run the tutorial's pipeline with the flags in `argv` (default: the command line); return the results."""
-    argv = command_line(argv)  # Part 3: sys.argv[1:] by default ([] in a Jupyter notebook)
-    # 1. 超參設定: DEFAULTS, overridden by the flags; the device, the config line, the seed
-    args = parse_args(argv)  # Part 3: every flag is checked before anything runs
-    with one_line_errors() as ctrl_c:  # Part 3: a problem the user can fix ends in one line, not a traceback
+    """Run the tutorial's pipeline with the flags in `argv` (default: the command line)."""
+    # 整個流程的目錄：依序呼叫第 1 到第 8 段；標 Part 1/2/3 的函式在 main() 後面，可以先跳過。
+    argv = command_line(argv)  # Part 3: sys.argv[1:] ([] in a Jupyter notebook)
+    args = parse_args(argv)  # Part 3: the flags override DEFAULTS; each is checked first
+    with one_line_errors() as ctrl_c:  # Part 3: a problem you can fix: one line, no traceback
         if (result := side_trip(args)) is not None:  # Part 1: --show-shapes, then stop
             return result
+        # 1. 超參設定: the device (the tutorial's use_gpu), the device: and config: lines, the seed
         device = pick_device(args.device)
-        precision = prepare_run(args, device)  # Part 3: prints device and config, checks --out-dir; --amp
-        torch.manual_seed(args.seed)  # the initial weights and dropout
+        precision = prepare_run(args, device)  # Part 3: 印 device:、config:；--amp 的設定
+        torch.manual_seed(args.seed)  # 固定初始權重和 dropout 的亂數（資料順序另有 generator）
         # 2. MINST數據集匯入
-        loaders = load_data(args.data_dir, args.dataset, device, args.batch_size, args.seed, args.max_batches,
-                            args.val_size)
-        # 3. 定義LSTM結構
-        model = build_model(model_hparams(args)).to(device)  # the tutorial's RNN(28, 128, 2, 10) and .cuda()
+        loaders = load_data(args.data_dir, args.dataset, device, args.batch_size, args.seed,
+                            args.max_batches, args.val_size)
+        # 3. 定義LSTM結構: the tutorial's RNN(28, 128, 2, 10), then its .cuda()
+        model = build_model(model_hparams(args)).to(device)  # model_hparams: nn.LSTM 的參數
         # 4. 定義損失函數和優化器
         criterion, optimizer = make_criterion_and_optimizer(model, args.lr, args.weight_decay)
-        levers = make_levers(model, optimizer, args, len(loaders["train"]), precision)  # Part 2: all off by default
-        run = RunState(model, optimizer, levers, loaders, args)  # Part 3: what checkpoint.pt holds
-        # 5. 訓練和測試過程 (checkpoint.pt is saved after every epoch)
-        if args.resume or args.eval_only:
-            restore(run, args)  # Part 3: continue from checkpoint.pt, or only reload its weights
+        # 5. 訓練和測試過程。run 把 model、optimizer、Part 2 的 levers、epoch、history 包在一起；
+        # --resume / --eval-only 時從 checkpoint.pt 讀回（Part 3）
+        run = start_run(model, optimizer, loaders, args, precision)
         if not args.eval_only:
-            with explain_interrupt(run, argv, ctrl_c):  # Part 3: Ctrl-C says what was kept and how to go on
+            with explain_interrupt(run, argv, ctrl_c):  # Part 3: Ctrl-C says how to go on
                 fit(run, loaders, criterion, args)
-        # 6. 儲存模型
-        path = save_model(run.tested, args.out_dir)  # the trained model (with --ema, its average)
-        # 7. 最終效能測試
+        # 6. 儲存模型: the trained model (with --ema, its average)
+        path = save_model(run.tested, args.out_dir)
+        # 7. 最終效能測試（準確率在最後一行 final test accuracy 印出）
         model, test_loss, test_acc = final_test(path, run, loaders["test"], criterion)
         # 8. 提取一個範例進行直觀認識
-        class_names = DATASETS[args.dataset][1]  # Part 2: "0" to "9" for MNIST
+        class_names = DATASETS[args.dataset][1]  # "0" to "9" for MNIST
         show_example(model, loaders["test"], class_names)
-        figures = draw_figures(model, loaders["test"], run.history, class_names, args.out_dir, args.show)
+        figures = draw_figures(model, loaders["test"], run.history, class_names, args.out_dir,
+                               args.show)
         print(f"final test accuracy: {test_acc:.2f}%")
     return {"device": str(device), "model": model, "history": run.history, "test_loss": test_loss,
-            "final_test_acc": test_acc, "weights": path, "checkpoint": checkpoint_path(args.out_dir),
-            "figures": figures}
+            "final_test_acc": test_acc, "weights": path, "figures": figures,
+            "checkpoint": checkpoint_path(args.out_dir)}
 
 
 # ===========================================================================
@@ -478,14 +504,25 @@ def lstm_cell(lstm, layer, suffix, x, h, c):
     """One time step of one layer of `lstm`, from its parameters; returns (h_t, c_t, gates).
 
     `suffix` is "" for the forward direction and "_reverse" for the backward one. The
-    four gates' weights are stacked in one matrix, in PyTorch's order i, f, g, o:
+    four gates' weights are stacked in one matrix, in PyTorch's order i, f, g, o
+    (x = this row x_t, h = h_{t-1}; sigmoid gives 0..1: 0 = closed, 1 = open):
         i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)   input gate: how much of g to write
         f = sigmoid(W_if x + b_if + W_hf h + b_hf)   forget gate: how much of c_{t-1} to keep
-        g = tanh(W_ig x + b_ig + W_hg h + b_hg)      the new values on offer
+        g = tanh(W_ig x + b_ig + W_hg h + b_hg)      the candidate: new values on offer
         o = sigmoid(W_io x + b_io + W_ho h + b_ho)   output gate: how much of tanh(c_t) to show
         c_t = f * c_{t-1} + i * g                    the cell state: the LSTM's memory
         h_t = o * tanh(c_t)                          the hidden state: this step's output
     (RNN never sets nn.LSTM's proj_size, so there is no weight_hr here.)
+
+    六個式子（x 是這一列 x_t，h 是上一步的 h_{t-1}；sigmoid 的值在 0 到 1 之間，0 = 關、1 = 開）：
+        i = sigmoid(...)         輸入閘：候選值 g 要寫進記憶多少
+        f = sigmoid(...)         遺忘閘：舊的細胞狀態 c_{t-1} 要留下多少
+        g = tanh(...)            候選值：這一步想寫進記憶的新內容（-1 到 1）
+        o = sigmoid(...)         輸出閘：記憶 tanh(c_t) 要輸出多少
+        c_t = f * c_{t-1} + i * g    細胞狀態：LSTM 的長期記憶，「留下的舊記憶 + 寫入的新內容」
+        h_t = o * tanh(c_t)          隱藏狀態：這一步的輸出，也傳給下一步和上一層
+    簡單 RNN 只有 h_t = tanh(W x + U h_{t-1} + b)，每一步都整個改寫記憶，所以前面的列容易被忘掉；
+    LSTM 的 c_t 在 f 接近 1 時幾乎原封不動地傳下去，這就是教學說的「解決了 RNN 會遺忘序列前段資訊」。
     """
     w_ih = getattr(lstm, f"weight_ih_l{layer}{suffix}")  # (4 * hidden, in_features): W_ii, W_if, W_ig, W_io
     w_hh = getattr(lstm, f"weight_hh_l{layer}{suffix}")  # (4 * hidden, hidden): W_hi, W_hf, W_hg, W_ho
@@ -560,29 +597,6 @@ def plot_predictions(model, images, labels, class_names, path):
         ax.set_title(f"pred {class_names[pred]} / true {class_names[label]}", fontsize=9,
                      color="black" if pred == label else "red")
     fig.suptitle("First test images and the model's predictions (mistakes in red)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_scores(model, image, label, class_names, path):
-    """scores.png: the tutorial's one example, test image 0, beside its 10 class probabilities."""
-    import matplotlib.pyplot as plt
-
-    with torch.inference_mode():
-        model.eval()
-        scores = model(image.unsqueeze(0))[0].float().cpu()  # (1, 28, 28) -> (10,) logits
-    probs = scores.softmax(dim=0)  # softmax turns the scores section 8 prints into probabilities
-    fig, (ax_image, ax_bars) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax_image.imshow(image.cpu().numpy(), cmap="gray")
-    ax_image.set_title(f"test image 0: true {class_names[label]}")
-    ax_image.axis("off")
-    colors = ["tab:green" if i == label else "tab:blue" for i in range(len(class_names))]
-    ax_bars.bar(range(len(class_names)), probs.tolist(), color=colors)
-    ax_bars.set_xticks(range(len(class_names)), class_names, rotation=45 if len(class_names[0]) > 1 else 0)
-    ax_bars.set_ylim(0, 1)
-    ax_bars.set_ylabel("probability (softmax of the scores)")
-    ax_bars.set_title(f"pred {class_names[int(probs.argmax())]} / true {class_names[label]}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -697,8 +711,8 @@ def plot_reading(model, images, labels, probs, class_names, path):
         ax.axis("off")
     fig.colorbar(heatmap, ax=axes, shrink=0.5, label="probability after reading rows 0 to t")
     fig.suptitle("Reading row by row: softmax(classifier(output[:, t])) after each row t (true class in green)\n"
-                 f"From the orange line on (never above the first row with ink) the final answer keeps "
-                 f"p >= {SETTLED_PROB:g}; the rows after it are dimmed")
+                 f"From the row just above the orange line on (never above the first row with ink) the final "
+                 f"answer keeps p >= {SETTLED_PROB:g}; the rows after it are dimmed")
     fig.savefig(path)
     plt.close(fig)
 
@@ -789,6 +803,15 @@ def plot_mistakes(images, labels, probs, class_names, path):
     plt.close(fig)
 
 
+def draw_more_figures(model, test_loader, history, class_names, paths):
+    """Every figure but section 8's scores.png: predictions, curves, reading, gates, mistakes."""
+    images, labels = test_loader.dataset.tensors
+    plot_predictions(model, images, labels, class_names, paths["predictions"])
+    plot_curves(history, paths["curves"])
+    if not draw_inside_figures(model, test_loader, class_names, paths):
+        del paths["reading"]
+
+
 def draw_inside_figures(model, test_loader, class_names, paths):
     """reading.png, gates.png and mistakes.png; returns False if reading.png does not apply."""
     images, labels = test_loader.dataset.tensors
@@ -825,7 +848,7 @@ def show_figures(paths):
 
 
 # ===========================================================================
-# Part 2. Beyond the tutorial's recipe (opt-in flags; 教學文配方之外：大多加參數才會用到)
+# Part 2. Beyond the tutorial's recipe (opt-in flags; 教學的訓練設定之外：要加參數才會啟用)
 # For the learner who has run the tutorial's recipe and wants to go further: the
 # recipes (--recipe fast, best) and the levers they are built from, the validation
 # split, mixed precision; and the fast in-memory loader, which every run uses.
@@ -1402,6 +1425,13 @@ class RunState:
         self.epoch, self.history = 0, []  # epochs done, and one dict of results per epoch
         self.saved_epoch = 0  # the epoch checkpoint.pt holds (0: none of this run yet)
 
+    def end_epoch(self, epoch, train_loss, train_acc, split, eval_loss, eval_acc, seconds):
+        """Record a finished epoch in the history (checkpoint.pt and curves.png read it)."""
+        self.epoch = epoch
+        self.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                             f"{split}_loss": eval_loss, f"{split}_acc": eval_acc, "seconds": seconds,
+                             "label_smoothing": self.levers.label_smoothing})  # curves.png says so
+
     @property
     def device(self):
         return next(self.model.parameters()).device
@@ -1636,6 +1666,15 @@ def last_line(err):
 
 
 # --- Resume and interrupts ------------------------------------------------------------
+
+
+def start_run(model, optimizer, loaders, args, precision):
+    """The RunState of this run, with the levers its flags ask for; --resume / --eval-only reload it."""
+    levers = make_levers(model, optimizer, args, len(loaders["train"]), precision)
+    run = RunState(model, optimizer, levers, loaders, args)
+    if args.resume or args.eval_only:
+        restore(run, args)
+    return run
 
 
 def restore(run, args):
