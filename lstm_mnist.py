@@ -590,7 +590,7 @@ def plot_predictions(model, images, labels, class_names, path):
         preds = model(images[:N_GRID]).argmax(dim=1).cpu()
     side = math.isqrt(N_GRID)
     fig, axes = plt.subplots(side, side, figsize=(7, 7.6))
-    for ax in axes.flat:  # no frame, and none at all where the test set has fewer than N_GRID images
+    for ax in axes.flat:  # no frames, so no empty box where there are fewer than N_GRID images
         ax.axis("off")
     for ax, image, label, pred in zip(axes.flat, images.cpu().numpy(), labels.tolist(), preds.tolist()):
         ax.imshow(image, cmap="gray")
@@ -822,7 +822,8 @@ def draw_inside_figures(model, test_loader, class_names, paths):
         # At row t the backward direction has already read every row: no partial reading to show.
         removed = "; removed the earlier run's" if paths["reading"].exists() else ""
         paths["reading"].unlink(missing_ok=True)  # an earlier run's, not this model's
-        print(f"reading.png skipped: with --bidirectional the output at row t has read the whole image{removed}")
+        print("reading.png skipped: with --bidirectional the output at row t has read the whole "
+              f"image{removed}")
         return False
     plot_reading(model, images, labels, probs, class_names, paths["reading"])
     return True
@@ -1158,11 +1159,12 @@ class RunError(Exception):
 
 @contextlib.contextmanager
 def one_line_errors():
-    """A problem the user can fix ends the run in one line and exit code 1; Ctrl-C in one line and 130.
+    """A problem the user can fix ends the run in one line and exit 1; Ctrl-C in one line and 130.
 
-    The problems: a RunError, any OSError (a file or folder that cannot be read or written) and
-    running out of memory (one_line says what to do). Anything else is a bug and keeps its traceback.
-    Yields a dict: explain_interrupt sets its "note", what Ctrl-C says once training is over.
+    The problems: a RunError, any OSError (a file or folder that cannot be read or written)
+    and running out of memory (one_line says what to do). Anything else is a bug and keeps
+    its traceback. Yields a dict: explain_interrupt sets its "note", what Ctrl-C says once
+    training is over.
     """
     ctrl_c = {"note": "interrupted"}
     try:
@@ -1178,8 +1180,9 @@ def one_line_errors():
         raise SystemExit(130) from None
 
 
-# torch's words for it: "CUDA out of memory" (torch.OutOfMemoryError), "MPS backend out of memory", and
-# the CPU allocator's "can't allocate memory" (Linux, macOS) or "not enough memory" (Windows).
+# torch's words for it: "CUDA out of memory" (torch.OutOfMemoryError), "MPS backend out of
+# memory", and the CPU allocator's "can't allocate memory" (Linux, macOS) or "not enough memory"
+# (Windows).
 OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|not enough memory", re.IGNORECASE)
 
 
@@ -1187,12 +1190,12 @@ def one_line(err):
     """The line that explains `err` to the user, or None if it is not a problem the user can fix."""
     if isinstance(err, RunError):
         return str(err)
-    if isinstance(err, OSError):  # which file, and the system's reason (Permission denied, No space left ...)
+    if isinstance(err, OSError):  # which file, and why (Permission denied, No space left ...)
         return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
     if OUT_OF_MEMORY.search(str(err)):
         asked = re.search(r"tried to allocate ([\d.]+ ?\w+)", str(err), re.IGNORECASE)
-        return (f"out of memory{f' (asked for {asked.group(1)})' if asked else ''}: "
-                f"lower --batch-size or --hidden-dim (or --n-layer), or run on a device with more memory")
+        return (f"out of memory{f' (asked for {asked.group(1)})' if asked else ''}: lower "
+                "--batch-size or --hidden-dim (or --n-layer), or run on a device with more memory")
     return None
 
 
@@ -1347,17 +1350,18 @@ def check_idx_file(path, n_dims):
 
 
 def check_labels(data, data_dir, class_name, train):
-    """Make `data` hold the raw files' images and labels; raise RunError unless each image has a label of a class.
+    """Make `data` hold the raw files' data; raise RunError unless each image has a class label.
 
     Where an older torchvision left processed/training.pt and test.pt, torchvision's MNIST
-    loads those instead of the raw files: here the raw files that ensure_raw_files checked are
-    decoded in their place.
+    loads those instead of the raw files: here the raw files that ensure_raw_files checked
+    are decoded in their place.
     """
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
     images_file, labels_file = (Path(data_dir) / class_name / "raw" / name for name in SPLIT_FILES[train])
     if os.path.exists(data.processed_folder):
-        data.data, data.targets = read_image_file(str(images_file)), read_label_file(str(labels_file))
+        data.data, data.targets = read_image_file(str(images_file)), read_label_file(
+            str(labels_file))
     if len(data.data) != len(data.targets):
         raise RunError(
             f"{images_file} has {len(data.data)} images but {labels_file} has "
@@ -1491,11 +1495,12 @@ def save_checkpoint(run, out_dir):
 
 
 def keep_previous_run(out_dir):
-    """Keep the earlier run's checkpoint.pt and RNN.pth, which this run's first save replaces; say so in one line.
+    """Keep the earlier run's checkpoint.pt and RNN.pth, which this run's first save replaces.
 
     A finished run becomes checkpoint.previous.pt and RNN.previous.pth, in place of the finished
     run kept before. An unfinished one becomes *.unfinished.* instead, so the last finished pair
     stays. A kind's other file is deleted when its run had none: never a pair from two runs.
+    One line says what was kept.
     """
     out_dir = Path(out_dir)
     if not any((out_dir / name).exists() for name in (CHECKPOINT_NAME, "RNN.pth")):
@@ -1506,15 +1511,17 @@ def keep_previous_run(out_dir):
             os.replace(out_dir / name, out_dir / kept)
         else:
             (out_dir / kept).unlink(missing_ok=True)
+    path = out_dir / f"checkpoint.{kind}.pt"
     if kind == "previous":
-        print(f"kept the finished run before this one as {out_dir / 'checkpoint.previous.pt'} and RNN.previous.pth")
+        print(f"kept the finished run before this one as {path} and RNN.previous.pth")
     else:
-        finished = " (the last finished run stays in *.previous.*)" if (out_dir / "RNN.previous.pth").exists() else ""
-        print(f"kept the unfinished run before this one as {out_dir / 'checkpoint.unfinished.pt'}{finished}")
+        stays = (out_dir / "RNN.previous.pth").exists()
+        print(f"kept the unfinished run before this one as {path}"
+              + (" (the last finished run stays in *.previous.*)" if stays else ""))
 
 
 def finished_run(out_dir):
-    """True if out_dir's RNN.pth was saved and its checkpoint.pt holds every epoch its run planned."""
+    """True if out_dir's RNN.pth was saved and its checkpoint.pt holds every epoch it planned."""
     if not (out_dir / "RNN.pth").exists():
         return False
     try:
@@ -1533,15 +1540,18 @@ def atomic_file(path):
     """
     tmp_name = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=Path(path).name + ".", suffix=".tmp", dir=Path(path).parent)
-        os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes it private (0600); the figures follow the umask
+        fd, tmp_name = tempfile.mkstemp(prefix=Path(path).name + ".", suffix=".tmp",
+                                        dir=Path(path).parent)
+        # mkstemp makes it private (0600); the figures follow the umask, so this file does too.
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except OSError as err:  # a full disk, a file held open by another program (Windows): `path` is untouched
-        kept = f"the {Path(path).name} already there is intact" if Path(path).exists() else "nothing was written"
+    except OSError as err:  # a full disk, a file another program holds (Windows): `path` untouched
+        kept = (f"the {Path(path).name} already there is intact" if Path(path).exists()
+                else "nothing was written")
         raise RunError(f"cannot write {path} ({err.strerror or err}); {kept}") from None
     finally:
         if tmp_name and os.path.exists(tmp_name):
@@ -1572,7 +1582,7 @@ def load_checkpoint(path, args):
         # weights_only=True only rebuilds tensors and plain containers: a file that
         # asks for any other Python object is refused before any of its code runs.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:  # unreadable (Permission denied ...): one_line_errors names the file and the reason
+    except OSError:  # unreadable (Permission denied ...): one_line_errors names the file and why
         raise
     except Exception as err:
         # The weights-only unpickler names the Python object it refused as a "GLOBAL".
@@ -1613,12 +1623,16 @@ def layout_problem(checkpoint):
         ({*RESUME_FLAGS, "epochs", "steps_per_epoch"} - checkpoint["settings"].keys())
     if missing:
         return f"its record of the flags lacks {sorted(missing)[0]!r}"
-    split = "val" if checkpoint["settings"]["val_size"] else "test"  # what fit() measured each epoch on
-    row_keys = ["epoch", "train_loss", "train_acc", f"{split}_loss", f"{split}_acc"]  # what curves.png reads
-    if checkpoint["epoch"] < 0 or len(checkpoint["history"]) != checkpoint["epoch"] or not all(
-            isinstance(row, dict) and all(isinstance(row.get(key), (int, float)) for key in row_keys)
-            for row in checkpoint["history"]):
-        return f"its history does not hold one row of {', '.join(row_keys)} per epoch ({checkpoint['epoch']} epochs)"
+    # Each row holds what curves.png reads: the training's numbers and those of the set each epoch
+    # was measured on (the test set, or with --val-size the held-out images).
+    split = "val" if checkpoint["settings"]["val_size"] else "test"
+    row_keys = ["epoch", "train_loss", "train_acc", f"{split}_loss", f"{split}_acc"]
+    history = checkpoint["history"]
+    if checkpoint["epoch"] < 0 or len(history) != checkpoint["epoch"] or not all(
+            isinstance(row, dict) and all(isinstance(row.get(k), (int, float)) for k in row_keys)
+            for row in history):
+        return (f"its history does not hold one row of {', '.join(row_keys)} per epoch "
+                f"({checkpoint['epoch']} epochs)")
     rng = checkpoint["rng"]
     if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("data_order"), torch.Tensor)
             and isinstance(rng.get("cuda"), (torch.Tensor, type(None)))):
@@ -1630,7 +1644,7 @@ def refuse_changes(path, saved, args, flags, advice):
     """Raise RunError naming the first of `flags` whose value differs from the checkpoint's, and the value to pass."""
     for key, flag in flags.items():
         if saved.get(key) != getattr(args, key):
-            if str(saved.get(key)) == str(getattr(args, key)):  # 128 against "128": not a record this script writes
+            if str(saved.get(key)) == str(getattr(args, key)):  # 128 and "128": we never write that
                 raise RunError(f"{path} is damaged: it records {key} as {saved.get(key)!r}, "
                                f"a {type(saved.get(key)).__name__}; train again")
             raise RunError(f"{path} was trained with {key}={saved.get(key)}, this run asks for "
@@ -1697,12 +1711,15 @@ def restore(run, args):
                        f"{run.settings['steps_per_epoch']}: the training images differ; use the same --data-dir")
     try:
         run.load_state_dict(checkpoint)
-    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:  # weights, optimizer, schedule ...
-        raise RunError(f"{path} is damaged: the run state it holds does not load ({last_line(err)})") from None
-    run.settings = {**run.settings, **saved, "epochs": args.epochs}  # the original run's seed, recipe, forget bias
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:  # optimizer, ...
+        raise RunError(f"{path} is damaged: the run state it holds does not load "
+                       f"({last_line(err)})") from None
+    # The record stays the original run's: its seed, recipe and forget bias, whatever this run asks.
+    run.settings = {**run.settings, **saved, "epochs": args.epochs}
     print(f"resuming after epoch {checkpoint['epoch']} from {path}")
     if checkpoint["epoch"] >= args.epochs:
-        more = "its one-cycle schedule is complete" if args.one_cycle else "raise --epochs to train more"
+        more = ("its one-cycle schedule is complete" if args.one_cycle
+                else "raise --epochs to train more")
         print(f"the checkpoint already has {checkpoint['epoch']} epochs; {more}")
 
 
@@ -1719,8 +1736,9 @@ def explain_interrupt(run, argv, ctrl_c):
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupt_message(run.saved_epoch, path, argv)) from None
     rest = [arg for arg in argv if arg != "--resume"]
-    ctrl_c["note"] = (f"interrupted after training: {path} holds all {run.epoch} epochs; finish the final test "
-                      f"and the figures with: {shell_command([*rest, '--eval-only'])}")
+    finish = shell_command([*rest, "--eval-only"])
+    ctrl_c["note"] = (f"interrupted after training: {path} holds all {run.epoch} epochs; finish "
+                      f"the final test and the figures with: {finish}")
 
 
 def interrupt_message(epochs_done, path, argv):
@@ -1732,7 +1750,7 @@ def interrupt_message(epochs_done, path, argv):
 
 
 def shell_command(argv):
-    """The command that runs this script with `argv`, from any folder, quoted for this system's shell."""
+    """The command that runs this script with `argv` from any folder, quoted for this system."""
     import subprocess  # only for Windows' quoting
 
     words = [sys.executable or "python", str(Path(__file__).resolve()), *argv]
@@ -1906,7 +1924,7 @@ def parse_args(argv=None):
     parser = build_parser()
     # A --recipe changes the defaults of the flags it stands for (in --help too); flags given
     # on the command line still override them, one by one.
-    recipe_only = OneLineParser(prog=parser.prog, add_help=False)  # `--recipe` without a value: one line
+    recipe_only = OneLineParser(prog=parser.prog, add_help=False)  # `--recipe` alone: one line
     recipe_only.add_argument("--recipe")
     recipe = recipe_only.parse_known_args(argv)[0].recipe
     parser.set_defaults(**RECIPES.get(recipe, {}))
