@@ -111,7 +111,7 @@ def load_split(data_dir, dataset, train):
     class_name = DATASETS[dataset][0]  # "MNIST" (or "FashionMNIST")
     ensure_raw_files(data_dir, class_name, train)  # Part 3: download if missing, check the files
     data = getattr(datasets, class_name)(data_dir, train=train)  # datasets.MNIST(root, train)
-    check_labels(data, data_dir, class_name, train)  # Part 3: 圖片數和標籤數相同、標籤都在 0–9
+    check_labels(data, data_dir, class_name, train)  # Part 3: 只用 raw 檔；每張圖都有 0–9 的標籤
     # 沒有通道維度：MNIST 是單通道的灰階圖，教學每批用 img.squeeze(1) 去掉它；
     # 這裡一開始就是 (N, 28, 28)。
     images = data.data.float().div(255)  # what ToTensor does: uint8 0..255 -> float 0..1
