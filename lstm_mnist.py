@@ -111,7 +111,7 @@ def load_split(data_dir, dataset, train):
     class_name = DATASETS[dataset][0]  # "MNIST" (or "FashionMNIST")
     ensure_raw_files(data_dir, class_name, train)  # Part 3: download if missing, check the files
     data = getattr(datasets, class_name)(data_dir, train=train)  # datasets.MNIST(root, train)
-    check_labels(data, data_dir, class_name, train)  # Part 3: 圖片數和標籤數相同、標籤都在 0–9
+    check_labels(data, data_dir, class_name, train)  # Part 3: 只用 raw 檔；每張圖都有 0–9 的標籤
     # 沒有通道維度：MNIST 是單通道的灰階圖，教學每批用 img.squeeze(1) 去掉它；
     # 這裡一開始就是 (N, 28, 28)。
     images = data.data.float().div(255)  # what ToTensor does: uint8 0..255 -> float 0..1
@@ -411,7 +411,7 @@ def main(argv=None):
     # 整個流程的目錄：依序呼叫第 1 到第 8 段；標 Part 1/2/3 的函式在 main() 後面，可以先跳過。
     argv = command_line(argv)  # Part 3: sys.argv[1:] ([] in a Jupyter notebook)
     args = parse_args(argv)  # Part 3: the flags override DEFAULTS; each is checked first
-    with one_line_errors():  # Part 3: a problem you can fix ends in one line, not a traceback
+    with one_line_errors() as ctrl_c:  # Part 3: a problem you can fix: one line, no traceback
         if (result := side_trip(args)) is not None:  # Part 1: --show-shapes, then stop
             return result
         # 1. 超參設定: the device (the tutorial's use_gpu), the device: and config: lines, the seed
@@ -429,7 +429,7 @@ def main(argv=None):
         # --resume / --eval-only 時從 checkpoint.pt 讀回（Part 3）
         run = start_run(model, optimizer, loaders, args, precision)
         if not args.eval_only:
-            with explain_interrupt(run, argv):  # Part 3: Ctrl-C says what was kept, how to go on
+            with explain_interrupt(run, argv, ctrl_c):  # Part 3: Ctrl-C says how to go on
                 fit(run, loaders, criterion, args)
         # 6. 儲存模型: the trained model (with --ema, its average)
         path = save_model(run.tested, args.out_dir)
@@ -592,11 +592,12 @@ def plot_predictions(model, images, labels, class_names, path):
         preds = model(images[:N_GRID]).argmax(dim=1).cpu()
     side = math.isqrt(N_GRID)
     fig, axes = plt.subplots(side, side, figsize=(7, 7.6))
+    for ax in axes.flat:  # no frames, so no empty box where there are fewer than N_GRID images
+        ax.axis("off")
     for ax, image, label, pred in zip(axes.flat, images.cpu().numpy(), labels.tolist(), preds.tolist()):
         ax.imshow(image, cmap="gray")
         ax.set_title(f"pred {class_names[pred]} / true {class_names[label]}", fontsize=9,
                      color="black" if pred == label else "red")
-        ax.axis("off")
     fig.suptitle("First test images and the model's predictions (mistakes in red)")
     fig.tight_layout()
     fig.savefig(path)
@@ -821,7 +822,10 @@ def draw_inside_figures(model, test_loader, class_names, paths):
     plot_mistakes(images, labels, probs, class_names, paths["mistakes"])
     if model.bidirectional:
         # At row t the backward direction has already read every row: no partial reading to show.
-        print("reading.png skipped: with --bidirectional the output at row t has read the whole image")
+        removed = "; removed the earlier run's" if paths["reading"].exists() else ""
+        paths["reading"].unlink(missing_ok=True)  # an earlier run's, not this model's
+        print("reading.png skipped: with --bidirectional the output at row t has read the whole "
+              f"image{removed}")
         return False
     plot_reading(model, images, labels, probs, class_names, paths["reading"])
     return True
@@ -1448,15 +1452,44 @@ class RunError(Exception):
 
 @contextlib.contextmanager
 def one_line_errors():
-    """A RunError ends the run in one line and exit code 1; Ctrl-C in one line and exit code 130."""
+    """A problem the user can fix ends the run in one line and exit 1; Ctrl-C in one line and 130.
+
+    The problems: a RunError, any OSError (a file or folder that cannot be read or written)
+    and running out of memory (one_line says what to do). Anything else is a bug and keeps
+    its traceback. Yields a dict: explain_interrupt sets its "note", what Ctrl-C says once
+    training is over.
+    """
+    ctrl_c = {"note": "interrupted"}
     try:
-        yield
-    except RunError as err:
-        print(f"lstm_mnist.py: error: {err}", file=sys.stderr)
+        yield ctrl_c
+    except (RunError, OSError, RuntimeError) as err:
+        line = one_line(err)
+        if line is None:
+            raise
+        print(f"lstm_mnist.py: error: {line}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt as err:
-        print(f"lstm_mnist.py: {str(err) or 'interrupted'}", file=sys.stderr)
+        print(f"lstm_mnist.py: {str(err) or ctrl_c['note']}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+# torch's words for it: "CUDA out of memory" (torch.OutOfMemoryError), "MPS backend out of
+# memory", and the CPU allocator's "can't allocate memory" (Linux, macOS) or "not enough memory"
+# (Windows).
+OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|not enough memory", re.IGNORECASE)
+
+
+def one_line(err):
+    """The line that explains `err` to the user, or None if it is not a problem the user can fix."""
+    if isinstance(err, RunError):
+        return str(err)
+    if isinstance(err, OSError):  # which file, and why (Permission denied, No space left ...)
+        return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+    if OUT_OF_MEMORY.search(str(err)):
+        asked = re.search(r"tried to allocate ([\d.]+ ?\w+)", str(err), re.IGNORECASE)
+        return (f"out of memory{f' (asked for {asked.group(1)})' if asked else ''}: lower "
+                "--batch-size or --hidden-dim (or --n-layer), or run on a device with more memory")
+    return None
 
 
 # --- Before the run: the device line, the config line, the output folder -------------
@@ -1531,7 +1564,8 @@ def cuda_hint(driver_files=NVIDIA_DRIVER_FILES):
         return (f"note: this machine has an NVIDIA GPU, but this PyTorch ({torch.__version__}) is a CPU-only build; "
                 'install the CUDA build to train on the GPU (README: "The CUDA build of PyTorch")')
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    hidden = f"CUDA_VISIBLE_DEVICES={visible!r} hides it" if visible is not None else "no device is visible to it"
+    hidden = ("no device is visible to it" if visible is None else
+              f"CUDA_VISIBLE_DEVICES={visible!r} (the GPUs CUDA may use) names none it can use")
     return (f"note: this machine has an NVIDIA GPU and this PyTorch has CUDA {torch.version.cuda}, but CUDA is "
             f"unusable: the NVIDIA driver may be too old for CUDA {torch.version.cuda}, or {hidden} "
             "(nvidia-smi shows the driver and its CUDA version)")
@@ -1609,8 +1643,18 @@ def check_idx_file(path, n_dims):
 
 
 def check_labels(data, data_dir, class_name, train):
-    """Raise RunError unless every image has a label and every label is a class."""
+    """Make `data` hold the raw files' data; raise RunError unless each image has a class label.
+
+    Where an older torchvision left processed/training.pt and test.pt, torchvision's MNIST
+    loads those instead of the raw files: here the raw files that ensure_raw_files checked
+    are decoded in their place.
+    """
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
     images_file, labels_file = (Path(data_dir) / class_name / "raw" / name for name in SPLIT_FILES[train])
+    if os.path.exists(data.processed_folder):
+        data.data, data.targets = read_image_file(str(images_file)), read_label_file(
+            str(labels_file))
     if len(data.data) != len(data.targets):
         raise RunError(
             f"{images_file} has {len(data.data)} images but {labels_file} has "
@@ -1744,11 +1788,40 @@ def save_checkpoint(run, out_dir):
 
 
 def keep_previous_run(out_dir):
-    """Rename the checkpoint.pt and RNN.pth of an earlier run to *.previous.* (one level is kept)."""
-    for name, previous in [(CHECKPOINT_NAME, "checkpoint.previous.pt"), ("RNN.pth", "RNN.previous.pth")]:
-        if (Path(out_dir) / name).exists():
-            os.replace(Path(out_dir) / name, Path(out_dir) / previous)
-            print(f"kept the previous run's {name} as {Path(out_dir) / previous}")
+    """Keep the earlier run's checkpoint.pt and RNN.pth, which this run's first save replaces.
+
+    A finished run becomes checkpoint.previous.pt and RNN.previous.pth, in place of the finished
+    run kept before. An unfinished one becomes *.unfinished.* instead, so the last finished pair
+    stays. A kind's other file is deleted when its run had none: never a pair from two runs.
+    One line says what was kept.
+    """
+    out_dir = Path(out_dir)
+    if not any((out_dir / name).exists() for name in (CHECKPOINT_NAME, "RNN.pth")):
+        return
+    kind = "previous" if finished_run(out_dir) else "unfinished"
+    for name, kept in [(CHECKPOINT_NAME, f"checkpoint.{kind}.pt"), ("RNN.pth", f"RNN.{kind}.pth")]:
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, out_dir / kept)
+        else:
+            (out_dir / kept).unlink(missing_ok=True)
+    path = out_dir / f"checkpoint.{kind}.pt"
+    if kind == "previous":
+        print(f"kept the finished run before this one as {path} and RNN.previous.pth")
+    else:
+        stays = (out_dir / "RNN.previous.pth").exists()
+        print(f"kept the unfinished run before this one as {path}"
+              + (" (the last finished run stays in *.previous.*)" if stays else ""))
+
+
+def finished_run(out_dir):
+    """True if out_dir's RNN.pth was saved and its checkpoint.pt holds every epoch it planned."""
+    if not (out_dir / "RNN.pth").exists():
+        return False
+    try:
+        checkpoint = torch.load(out_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+        return checkpoint["epoch"] >= checkpoint["settings"]["epochs"]
+    except Exception:  # missing, damaged or not ours: not a finished run of this script
+        return False
 
 
 @contextlib.contextmanager
@@ -1758,16 +1831,23 @@ def atomic_file(path):
     The data goes to a temporary file in the same folder, which is renamed over `path`
     once complete: the rename is atomic, so `path` always holds the old or the new file.
     """
-    fd, tmp_name = tempfile.mkstemp(prefix=Path(path).name + ".", suffix=".tmp", dir=Path(path).parent)
-    os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes it private (0600); the figures follow the umask
+    tmp_name = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=Path(path).name + ".", suffix=".tmp",
+                                        dir=Path(path).parent)
+        # mkstemp makes it private (0600); the figures follow the umask, so this file does too.
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
+    except OSError as err:  # a full disk, a file another program holds (Windows): `path` untouched
+        kept = (f"the {Path(path).name} already there is intact" if Path(path).exists()
+                else "nothing was written")
+        raise RunError(f"cannot write {path} ({err.strerror or err}); {kept}") from None
     finally:
-        if os.path.exists(tmp_name):
+        if tmp_name and os.path.exists(tmp_name):
             os.remove(tmp_name)
 
 
@@ -1808,11 +1888,13 @@ def load_checkpoint(path, args):
 
 
 def read_weights_only(path):
-    """torch.load(path) of tensors and plain containers only (checkpoint.pt, RNN.pth), or a RunError saying why not."""
+    """torch.load(path) of tensors and plain containers only (checkpoint.pt, RNN.pth), or RunError."""
     try:
         # weights_only=True only rebuilds tensors and plain containers: a file that
         # asks for any other Python object is refused before any of its code runs.
         return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:  # unreadable (Permission denied ...): one_line_errors names the file and why
+        raise
     except Exception as err:
         # The weights-only unpickler names the Python object it refused as a "GLOBAL".
         refused = re.search(r"GLOBAL ([\w.]+)", str(err))
@@ -1839,9 +1921,16 @@ def layout_problem(checkpoint):
         ({*RESUME_FLAGS, "epochs", "steps_per_epoch"} - checkpoint["settings"].keys())
     if missing:
         return f"its record of the flags lacks {sorted(missing)[0]!r}"
-    if checkpoint["epoch"] < 0 or len(checkpoint["history"]) != checkpoint["epoch"] \
-            or not all(isinstance(row, dict) and "epoch" in row for row in checkpoint["history"]):
-        return f"its history does not hold one row per epoch ({checkpoint['epoch']} epochs)"
+    # Each row holds what curves.png reads: the training's numbers and those of the set each epoch
+    # was measured on (the test set, or with --val-size the held-out images).
+    split = "val" if checkpoint["settings"]["val_size"] else "test"
+    row_keys = ["epoch", "train_loss", "train_acc", f"{split}_loss", f"{split}_acc"]
+    history = checkpoint["history"]
+    if checkpoint["epoch"] < 0 or len(history) != checkpoint["epoch"] or not all(
+            isinstance(row, dict) and all(isinstance(row.get(k), (int, float)) for k in row_keys)
+            for row in history):
+        return (f"its history does not hold one row of {', '.join(row_keys)} per epoch "
+                f"({checkpoint['epoch']} epochs)")
     rng = checkpoint["rng"]
     if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("data_order"), torch.Tensor)
             and isinstance(rng.get("cuda"), (torch.Tensor, type(None)))):
@@ -1853,6 +1942,9 @@ def refuse_changes(path, saved, args, flags, advice):
     """Raise RunError naming the first of `flags` whose value differs from the checkpoint's, and the value to pass."""
     for key, flag in flags.items():
         if saved.get(key) != getattr(args, key):
+            if str(saved.get(key)) == str(getattr(args, key)):  # 128 and "128": we never write that
+                raise RunError(f"{path} is damaged: it records {key} as {saved.get(key)!r}, "
+                               f"a {type(saved.get(key)).__name__}; train again")
             raise RunError(f"{path} was trained with {key}={saved.get(key)}, this run asks for "
                            f"{key}={getattr(args, key)} ({flag}); {advice}: {as_flag(flag, saved.get(key), args)}")
 
@@ -1917,29 +2009,50 @@ def restore(run, args):
                        f"{run.settings['steps_per_epoch']}: the training images differ; use the same --data-dir")
     try:
         run.load_state_dict(checkpoint)
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise RunError(f"{path}: its weights do not fit the model it records ({last_line(err)})") from None
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:  # optimizer, ...
+        raise RunError(f"{path} is damaged: the run state it holds does not load "
+                       f"({last_line(err)})") from None
+    # The record stays the original run's: its seed, recipe and forget bias, whatever this run asks.
+    run.settings = {**run.settings, **saved, "epochs": args.epochs}
     print(f"resuming after epoch {checkpoint['epoch']} from {path}")
     if checkpoint["epoch"] >= args.epochs:
-        print(f"the checkpoint already has {checkpoint['epoch']} epochs; raise --epochs to train more")
+        more = ("its one-cycle schedule is complete" if args.one_cycle
+                else "raise --epochs to train more")
+        print(f"the checkpoint already has {checkpoint['epoch']} epochs; {more}")
 
 
 @contextlib.contextmanager
-def explain_interrupt(run, argv):
-    """Turn Ctrl-C during training into a message that says what was kept and how to resume."""
+def explain_interrupt(run, argv, ctrl_c):
+    """Turn Ctrl-C during training into a message that says what was kept and how to resume.
+
+    Once training is over, Ctrl-C (in the final test or the figures) says how to finish without
+    training again: one_line_errors prints ctrl_c["note"].
+    """
+    path = checkpoint_path(run.out_dir)
     try:
         yield
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(interrupt_message(run.saved_epoch, checkpoint_path(run.out_dir), argv)) from None
+        raise KeyboardInterrupt(interrupt_message(run.saved_epoch, path, argv)) from None
+    rest = [arg for arg in argv if arg != "--resume"]
+    finish = shell_command([*rest, "--eval-only"])
+    ctrl_c["note"] = (f"interrupted after training: {path} holds all {run.epoch} epochs; finish "
+                      f"the final test and the figures with: {finish}")
 
 
 def interrupt_message(epochs_done, path, argv):
     if epochs_done == 0:
         return "interrupted during the first epoch; nothing was saved"
-    command = shlex.join(["python", "lstm_mnist.py", *argv])
-    resume_hint = command if "--resume" in argv else command + " --resume"
+    resume_hint = shell_command(argv if "--resume" in argv else [*argv, "--resume"])
     return (f"interrupted during epoch {epochs_done + 1}; {path} holds epoch {epochs_done} intact; "
             f"continue with: {resume_hint}")
+
+
+def shell_command(argv):
+    """The command that runs this script with `argv` from any folder, quoted for this system."""
+    import subprocess  # only for Windows' quoting
+
+    words = [sys.executable or "python", str(Path(__file__).resolve()), *argv]
+    return subprocess.list2cmdline(words) if sys.platform == "win32" else shlex.join(words)
 
 
 # --- The command line: every flag overrides one entry of DEFAULTS ------------------
@@ -2114,7 +2227,7 @@ def parse_args(argv=None):
     parser = build_parser()
     # A --recipe changes the defaults of the flags it stands for (in --help too); flags given
     # on the command line still override them, one by one.
-    recipe_only = argparse.ArgumentParser(add_help=False)
+    recipe_only = OneLineParser(prog=parser.prog, add_help=False)  # `--recipe` alone: one line
     recipe_only.add_argument("--recipe")
     recipe = recipe_only.parse_known_args(argv)[0].recipe
     parser.set_defaults(**RECIPES.get(recipe, {}))

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from conftest import HAS_REAL_DATA, REAL_DATA, TINY_ARGS, fails, lstm_mnist
+from conftest import HAS_REAL_DATA, REAL_DATA, fails, lstm_mnist
 
 LINE = re.compile(r"^(.+): pred (\d) \((\d+\.\d)%\), then (\d) \((\d+\.\d)%\)$")
 KINDS = ["scaled", "paper", "transparent", "photo", "small", "sideways"]
@@ -166,14 +166,10 @@ def test_a_blank_page_has_no_ink(page):
 # --- The command line: a trained model in --out-dir, and bad input -------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_data, tmp_path_factory):
-    """An --out-dir holding RNN.pth and checkpoint.pt of one tiny epoch on the fake data."""
-    out_dir = tmp_path_factory.mktemp("model")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lstm_mnist, "draw_figures", lambda *args: {})  # not needed here, and the slow part
-        lstm_mnist.main([*TINY_ARGS, "--epochs", "1", "--data-dir", str(tiny_data), "--out-dir", str(out_dir)])
-    return out_dir
+@pytest.fixture
+def tiny_model(shared_run, copy_of):
+    """A copy of an --out-dir holding RNN.pth and checkpoint.pt of one tiny epoch on the fake data."""
+    return copy_of(shared_run("--epochs", "1")["out_dir"])
 
 
 def predict_argv(out_dir, *paths):
@@ -186,6 +182,7 @@ def test_predict_prints_one_line_per_image_and_draws_predict_png(tiny_model, tmp
     drawn_seven().save(folder / "seven.png")
     ImageOps.invert(drawn_seven(width=30)).save(folder / "seven-thick.bmp")
     (folder / "notes.txt").write_text("not an image, and not picked from a folder")
+    before = {path.name: path.read_bytes() for path in tiny_model.iterdir()}
     result = lstm_mnist.main(predict_argv(tiny_model, folder, folder / "seven.png"))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"model: {tiny_model / 'RNN.pth'} (1 epoch, {tiny_model / 'checkpoint.pt'}), on cpu"
@@ -195,7 +192,8 @@ def test_predict_prints_one_line_per_image_and_draws_predict_png(tiny_model, tmp
     assert result["figure"] == tiny_model / "predict.png" and result["figure"].stat().st_size > 10_000
     first, top_two = result["predictions"][0], LINE.match(lines[1]).groups()
     assert first["pred"] == int(top_two[1]) and f"{100 * first['probs'].max():.1f}" == top_two[2]
-    assert not (tiny_model / "checkpoint.previous.pt").exists()  # nothing trained, nothing replaced
+    after = {path.name: path.read_bytes() for path in tiny_model.iterdir()}
+    assert after == {**before, "predict.png": after["predict.png"]}  # nothing trained, nothing else written
 
 
 def test_predict_png_of_a_bidirectional_model_says_there_is_no_row_by_row_reading(tmp_path):
@@ -265,12 +263,8 @@ def test_without_a_trained_model_it_says_to_train_first(tmp_path, capsys):
 
 @pytest.fixture
 def model_copy(tiny_model, tmp_path):
-    out_dir = tmp_path / "model"
-    out_dir.mkdir()
-    for name in ("RNN.pth", lstm_mnist.CHECKPOINT_NAME):
-        (out_dir / name).write_bytes((tiny_model / name).read_bytes())
     drawn_seven().save(tmp_path / "seven.png")
-    return out_dir
+    return tiny_model
 
 
 def test_other_model_flags_are_refused(model_copy, tmp_path, capsys):
