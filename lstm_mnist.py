@@ -869,7 +869,8 @@ def show_figures(paths):
 #   5. The paper becomes 0. Its tone and its grain are measured on the border, and only what
 #      stands well above the grain counts as ink. 紙的亮度變成 0；比紙的雜訊亮很多的才算墨水。
 #   6. Crop to the ink: what is brighter than the paper by a share of the ink's contrast.
-#      Without this a small digit in a big photo shrinks to a dot. 裁到墨水的範圍，小字才不會縮成一點。
+#      Without this a small digit in a big photo shrinks to a dot.
+#      裁到墨水的範圍，小字才不會縮成一點。
 #   7. Thicken thin strokes. A ballpoint line 5 pixels wide in a 1000-pixel digit is a
 #      tenth of a pixel at 20x20 and fades away; MNIST's strokes are about two pixels.
 #      細筆畫先加粗，否則縮小後就不見了。
@@ -878,23 +879,23 @@ def show_figures(paths):
 #   9. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only
 #      seen digits there. 以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
 #  10. Values 0..1, as section 2 gives the training images. 數值 0..1，和訓練資料一樣。
-PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # what --predict takes from a folder
+PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # read from a folder
 N_PREDICT = 8  # images drawn in predict.png (every image gets its printed line)
-WORK_SIDE = 1600  # a bigger image is first shrunk to this longer side, so a photo takes a moment, not seconds
+WORK_SIDE = 1600  # a bigger image is first shrunk to this longer side (speed)
 BORDER = 0.03  # the paper is judged on this share of each side (at least one pixel)
-INK_SIGMAS = 5  # ink is brighter than the paper by this many times its grain (a standard deviation)...
+INK_SIGMAS = 5  # ink is brighter than the paper by this many times its grain (a std)...
 INK_SHARE = 0.15  # ...and, to count for the crop, by this share of the brightest ink's contrast
 MIN_CONTRAST = 40  # levels (of 255) between paper and ink below which there is no ink: a blank page
-THIN_STROKE = 1.2  # strokes narrower than this (pixels, once the digit is 20 pixels) are thickened...
+THIN_STROKE = 1.2  # strokes narrower than this (pixels, the digit 20 pixels tall) are thickened...
 TARGET_STROKE = 1.8  # ...to about this width: MNIST's usual stroke (README)
 FIT = 20  # MNIST's box: the digit's longer side becomes 20 pixels...
 CENTRE = 14  # ...and its centre of mass lands on row 14, column 14 of the 28x28 (where MNIST's are)
 
 
 def predict_images(args):
-    """--predict: load the trained model, read each image the MNIST way, print its answer; draw predict.png."""
+    """--predict: load the trained model, read each image the MNIST way, print its answers, draw."""
     if args.dataset != "mnist":
-        raise RunError("--predict reads handwritten digits; it needs a model trained on mnist (no --dataset)")
+        raise RunError("--predict reads handwritten digits: it needs a model trained on mnist")
     device = pick_device(args.device)
     model, description = load_trained(args.out_dir, args)
     model.to(device).eval()
@@ -905,7 +906,7 @@ def predict_images(args):
             given = open_image(path)
             digit = to_mnist(given)  # (28, 28) in [0, 1]
             if digit is None:
-                raise RunError(f"{path}: no ink found (a blank page?); write the digit darker or bigger")
+                raise RunError(f"{path}: no ink found (a blank page?); write the digit darker")
         except RunError as err:
             bad_input(str(err), failed)
             continue
@@ -914,7 +915,8 @@ def predict_images(args):
         top = probs.topk(2)
         print(f"{path}: pred {int(top.indices[0])} ({100 * top.values[0]:.1f}%), "
               f"then {int(top.indices[1])} ({100 * top.values[1]:.1f}%)")
-        done.append({"path": path, "given": given, "digit": digit, "probs": probs, "pred": int(top.indices[0])})
+        done.append({"path": path, "given": given, "digit": digit, "probs": probs,
+                     "pred": int(top.indices[0])})
     figure = None
     if done:
         use_windows(args.show)
@@ -930,43 +932,46 @@ def predict_images(args):
 
 
 def bad_input(message, failed):
-    """One `lstm_mnist.py: error:` line for a path that cannot be read; the run goes on, to exit 1 at the end."""
+    """One `lstm_mnist.py: error:` line for a path that cannot be read; the run goes on, exits 1."""
     failed.append(message)
     print(f"lstm_mnist.py: error: {message}", file=sys.stderr)
 
 
 def load_trained(out_dir, args):
-    """RNN.pth in `out_dir`, in the model that checkpoint.pt records; returns (model, a few words on it)."""
+    """RNN.pth in `out_dir`, in the model checkpoint.pt records; returns (model, words on it)."""
     weights, checkpoint_file = Path(out_dir) / "RNN.pth", checkpoint_path(out_dir)
     if not weights.is_file():
         train = shlex.join(["python", "lstm_mnist.py", "--out-dir", str(out_dir)])
         raise RunError(f"no trained model in {out_dir} (no RNN.pth); train first: {train} "
                        f"(add --epochs 1 for a quick one)")
-    if checkpoint_file.is_file():  # Part 3: refuses a damaged file, another data set, other model flags
+    if checkpoint_file.is_file():  # Part 3: refuses a damaged file, another data set, other flags
         checkpoint = load_checkpoint(checkpoint_file, args)
         hparams = checkpoint["hparams"]
-        record = f"{checkpoint['epoch']} epoch{'s' if checkpoint['epoch'] != 1 else ''}, {checkpoint_file}"
-        misfit = f"the model {checkpoint_file} records", "RNN.pth and checkpoint.pt must come from the same run"
+        epochs = checkpoint["epoch"]
+        record = f"{epochs} epoch{'s' if epochs != 1 else ''}, {checkpoint_file}"
+        misfit = f"the model {checkpoint_file} records", "the two must come from the same run"
     else:  # RNN.pth alone (the tutorial's own script writes only that): the model flags given
         hparams, record = model_hparams(args), "no checkpoint.pt: the model flags given"
-        misfit = "the model of the flags given (no checkpoint.pt)", "pass the model flags it was trained with"
+        misfit = "the model of the flags given (no checkpoint.pt)", "pass the flags it had"
     model = build_model(hparams)
-    state_dict = read_weights_only(weights)  # Part 3: tensors only; pickled code is refused, never run
+    state_dict = read_weights_only(weights)  # Part 3: tensors only; pickled code is never run
     try:
         model.load_state_dict(state_dict)
     except (RuntimeError, KeyError, TypeError, AttributeError) as err:
-        raise RunError(f"{weights} does not fit {misfit[0]} ({last_line(err)}); {misfit[1]}") from None
+        raise RunError(f"{weights} does not fit {misfit[0]} ({last_line(err)}); {misfit[1]}") \
+            from None
     return model, f"{weights} ({record})"
 
 
 def image_files(paths, failed):
-    """The files named in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); bad ones to bad_input."""
+    """The files in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); see bad_input."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PREDICT_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in PREDICT_SUFFIXES and p.is_file())
             if not found:
-                bad_input(f"{path}: no image in this folder ({', '.join(PREDICT_SUFFIXES)})", failed)
+                bad_input(f"{path}: no image in this folder ({' '.join(PREDICT_SUFFIXES)})", failed)
             files += found
         elif path.is_file():
             files.append(path)  # named on its own: tried whatever its suffix
@@ -976,7 +981,7 @@ def image_files(paths, failed):
 
 
 def open_image(path):
-    """The image at `path` upright (step 1), its first frame, as Pillow read it; RunError if it cannot be read."""
+    """The image at `path` upright (step 1), its first frame; RunError if Pillow cannot read it."""
     import warnings
 
     from PIL import Image, ImageOps
@@ -990,12 +995,12 @@ def open_image(path):
                 return ImageOps.exif_transpose(image)  # turned upright, and read whole
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise RunError(f"{path}: too big to read safely ({err})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:  # not an image, truncated, unknown format
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # not an image, truncated, ...
         raise RunError(f"{path}: not an image Pillow can read ({last_line(err)})") from None
 
 
 def to_mnist(image):
-    """Any Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST made its digits.
+    """A Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST's were.
 
     None if the image holds no ink (a blank page).
     """
@@ -1049,14 +1054,14 @@ def paper_tone(levels):
     border = torch.cat([levels[:band].flatten(), levels[-band:].flatten(),
                         levels[:, :band].flatten(), levels[:, -band:].flatten()])
     median = float(border.median())
-    return median, 1.4826 * float((border - median).abs().median())  # 1.4826 x MAD = std for Gaussian grain
+    return median, 1.4826 * float((border - median).abs().median())  # 1.4826 x MAD: Gaussian std
 
 
 def thicken(digit):
-    """Step 7: widen strokes that would be under THIN_STROKE pixels at 20x20; digit (h, w) -> (h + 2r, w + 2r)."""
+    """Step 7: widen strokes under THIN_STROKE pixels at 20x20; digit (h, w) -> (h + 2r, w + 2r)."""
     strokes = nn.functional.pad(digit > 0.5, (1, 1, 1, 1)).float()  # (h + 2, w + 2)
     edges = (strokes[1:] != strokes[:-1]).sum() + (strokes[:, 1:] != strokes[:, :-1]).sum()
-    width = float(2 * strokes.sum() / edges)  # a stroke w wide and L long: area w * L, edges about 2 * L
+    width = float(2 * strokes.sum() / edges)  # a stroke w wide, L long: area w * L, edges ~2 * L
     long_side = max(digit.shape)
     if width * FIT / long_side >= THIN_STROKE:
         return digit
@@ -1070,12 +1075,13 @@ def thicken(digit):
 
 
 def fit_box(digit):
-    """Step 8: the longer side to FIT pixels, the aspect ratio kept, anti-aliased; (h, w) -> (<= 20, <= 20)."""
+    """Step 8: the longer side to FIT pixels, aspect ratio kept, anti-aliased; -> (<= 20, <= 20)."""
     from PIL import Image
 
     h, w = digit.shape
-    size = (max(1, round(w * FIT / max(h, w))), max(1, round(h * FIT / max(h, w))))  # Pillow's (width, height)
-    image = Image.frombytes("F", (w, h), digit.contiguous().numpy().tobytes())  # "F": 32-bit float pixels
+    scale = FIT / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # Pillow's (width, height)
+    image = Image.frombytes("F", (w, h), digit.contiguous().numpy().tobytes())  # 32-bit floats
     image = image.resize(size, Image.Resampling.LANCZOS)
     small = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(size[1], size[0])
     small = small.clamp(0, 1)  # LANCZOS overshoots a little at sharp edges
@@ -1083,10 +1089,10 @@ def fit_box(digit):
 
 
 def centre_of_mass_at_centre(digit):
-    """Steps 9 and 10: the digit (h, w) pasted into 28x28 with its centre of mass on (CENTRE, CENTRE)."""
+    """Steps 9 and 10: the digit (h, w) in 28x28, its centre of mass on (CENTRE, CENTRE)."""
     h, w = digit.shape
     mass = digit.sum()
-    row = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)  # the centre of mass, in the digit
+    row = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)  # the centre of mass
     col = float((digit.sum(dim=0) * torch.arange(w)).sum() / mass)
     # Whole-pixel shifts, as MNIST's; kept inside the 28x28 should the mass sit far off the middle.
     top = min(max(round(CENTRE - row), 0), SEQ_LEN - h)
@@ -1097,28 +1103,32 @@ def centre_of_mass_at_centre(digit):
 
 
 def plot_predict(model, done, path):
-    """predict.png: per image, the image as given, the 28x28 the model sees, and its answer after each row."""
+    """predict.png: each image as given, the 28x28 the model sees, and its answer after each row."""
     import matplotlib.pyplot as plt
 
     device = next(model.parameters()).device
     digits = torch.stack([item["digit"] for item in done])  # (n, 28, 28)
-    reading = None if model.bidirectional else probs_while_reading(model, digits.to(device))  # (n, 28, 10)
+    # (n, 28 rows, 10): the answer after each row; none with --bidirectional (see reading.png)
+    reading = None if model.bidirectional else probs_while_reading(model, digits.to(device))
     fig, axes = plt.subplots(len(done), 3, figsize=(6.6, 2.6 * len(done) + 0.8), squeeze=False,
-                             layout="constrained", gridspec_kw={"width_ratios": [30, SEQ_LEN, N_CLASS]})
+                             layout="constrained",
+                             gridspec_kw={"width_ratios": [30, SEQ_LEN, N_CLASS]})
     for (ax_given, ax_digit, ax_probs), item, k in zip(axes, done, range(len(done))):
         given = item["given"].copy()
-        given.thumbnail((400, 400))  # enough to show; a 12-megapixel photo would make the figure slow
+        given.thumbnail((400, 400))  # enough to show; a 12-megapixel photo would be slow
         ax_given.imshow(given.convert("RGBA"), cmap="gray")
         name = item["path"].name if len(item["path"].name) <= 28 else item["path"].name[:25] + "..."
-        ax_given.set_title(f"{name}\nas given ({item['given'].width} x {item['given'].height})", fontsize=9)
+        width, height = item["given"].size
+        ax_given.set_title(f"{name}\nas given ({width} x {height})", fontsize=9)
         ax_given.axis("off")
         pred, probs = item["pred"], item["probs"]
         shown = item["digit"].clone()
         settled = None if reading is None else settled_row(reading[k], shown)
         if settled is not None:
-            shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled, as reading.png does
+            shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled
         ax_digit.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax_digit.set_title(f"what the model sees\npred {pred} ({100 * probs[pred]:.1f}%)", fontsize=9)
+        ax_digit.set_title(f"what the model sees\npred {pred} ({100 * probs[pred]:.1f}%)",
+                           fontsize=9)
         ax_digit.set(xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t")
         if reading is None:  # --bidirectional: at row t the backward direction has read every row
             ax_probs.axis("off")
@@ -1134,9 +1144,9 @@ def plot_predict(model, done, path):
         for ax in (ax_digit, ax_probs):
             if settled is not None:
                 ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
-    fig.suptitle("--predict: each image as given, the 28x28 MNIST would have made of it, and the class\n"
-                 "probabilities after each row (yellow = likely); from the orange line on the answer holds",
-                 fontsize=10)
+    fig.suptitle("--predict: each image as given, the 28x28 MNIST would have made of it, "
+                 "and the class\nprobabilities after each row (yellow = likely); "
+                 "from the orange line on the answer holds", fontsize=10)
     fig.savefig(path)
     plt.close(fig)
 
