@@ -941,7 +941,7 @@ def load_trained(out_dir, args):
     """RNN.pth in `out_dir`, in the model checkpoint.pt records; returns (model, words on it)."""
     weights, checkpoint_file = Path(out_dir) / "RNN.pth", checkpoint_path(out_dir)
     if not weights.is_file():
-        train = shlex.join(["python", "lstm_mnist.py", "--out-dir", str(out_dir)])
+        train = shell_command(["--out-dir", str(out_dir)])  # runs from any folder, on any system
         raise RunError(f"no trained model in {out_dir} (no RNN.pth); train first: {train} "
                        f"(add --epochs 1 for a quick one)")
     if checkpoint_file.is_file():  # Part 3: refuses a damaged file, another data set, other flags

@@ -258,7 +258,8 @@ def test_good_images_are_still_predicted_and_each_bad_one_is_named(tiny_model, t
 def test_without_a_trained_model_it_says_to_train_first(tmp_path, capsys):
     err = fails(capsys, ["--predict", tmp_path, "--out-dir", tmp_path / "empty"], 1)
     assert f"no trained model in {tmp_path / 'empty'}" in err
-    assert f"train first: python lstm_mnist.py --out-dir {tmp_path / 'empty'}" in err
+    assert f"train first: {lstm_mnist.shell_command(['--out-dir', str(tmp_path / 'empty')])}" in err
+    assert str(lstm_mnist.Path(lstm_mnist.__file__).resolve()) in err  # the script's real path, as resume's
 
 
 @pytest.fixture
