@@ -111,7 +111,7 @@ def load_split(data_dir, dataset, train):
     class_name = DATASETS[dataset][0]  # "MNIST" (or "FashionMNIST")
     ensure_raw_files(data_dir, class_name, train)  # Part 3: download if missing, check the files
     data = getattr(datasets, class_name)(data_dir, train=train)  # datasets.MNIST(root, train)
-    check_labels(data, data_dir, class_name, train)  # Part 3: 圖片數和標籤數相同、標籤都在 0–9
+    check_labels(data, data_dir, class_name, train)  # Part 3: 只用 raw 檔；每張圖都有 0–9 的標籤
     # 沒有通道維度：MNIST 是單通道的灰階圖，教學每批用 img.squeeze(1) 去掉它；
     # 這裡一開始就是 (N, 28, 28)。
     images = data.data.float().div(255)  # what ToTensor does: uint8 0..255 -> float 0..1
@@ -412,7 +412,7 @@ def main(argv=None):
     # 整個流程的目錄：依序呼叫第 1 到第 8 段；標 Part 1/2/3 的函式在 main() 後面，可以先跳過。
     argv = command_line(argv)  # Part 3: sys.argv[1:] ([] in a Jupyter notebook)
     args = parse_args(argv)  # Part 3: the flags override DEFAULTS; each is checked first
-    with one_line_errors():  # Part 3: a problem you can fix ends in one line, not a traceback
+    with one_line_errors() as ctrl_c:  # Part 3: a problem you can fix: one line, no traceback
         if (result := side_trip(args)) is not None:  # Part 1: --show-shapes, then stop
             return result
         # 1. 超參設定: the device (the tutorial's use_gpu), the device: and config: lines, the seed
@@ -430,7 +430,7 @@ def main(argv=None):
         # --resume / --eval-only 時從 checkpoint.pt 讀回（Part 3）
         run = start_run(model, optimizer, loaders, args, precision)
         if not args.eval_only:
-            with explain_interrupt(run, argv):  # Part 3: Ctrl-C says what was kept, how to go on
+            with explain_interrupt(run, argv, ctrl_c):  # Part 3: Ctrl-C says how to go on
                 fit(run, loaders, criterion, args)
         # 6. 儲存模型: the trained model (with --ema, its average)
         path = save_model(run.tested, args.out_dir)
@@ -468,6 +468,8 @@ def side_trip(args):
     """The flags that do something else than the tutorial's run: their result, or None to run it."""
     if args.show_shapes:  # the tutorial's nn.LSTM shape table for these flags
         return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
+    if getattr(args, "predict", None):  # your own digit images; absent from args unless given
+        return predict_images(args)
     if args.compare_cells:  # lstm, gru and rnn, one after another
         return compare_cells(args)
     return None
@@ -613,11 +615,12 @@ def plot_predictions(model, images, labels, class_names, path):
         preds = model(images[:N_GRID]).argmax(dim=1).cpu()
     side = math.isqrt(N_GRID)
     fig, axes = plt.subplots(side, side, figsize=(7, 7.6))
+    for ax in axes.flat:  # no frames, so no empty box where there are fewer than N_GRID images
+        ax.axis("off")
     for ax, image, label, pred in zip(axes.flat, images.cpu().numpy(), labels.tolist(), preds.tolist()):
         ax.imshow(image, cmap="gray")
         ax.set_title(f"pred {class_names[pred]} / true {class_names[label]}", fontsize=9,
                      color="black" if pred == label else "red")
-        ax.axis("off")
     fig.suptitle("First test images and the model's predictions (mistakes in red)")
     fig.tight_layout()
     fig.savefig(path)
@@ -851,7 +854,10 @@ def draw_inside_figures(model, test_loader, class_names, paths):
     plot_mistakes(images, labels, probs, class_names, paths["mistakes"])
     if model.bidirectional:
         # At row t the backward direction has already read every row: no partial reading to show.
-        print("reading.png skipped: with --bidirectional the output at row t has read the whole image")
+        removed = "; removed the earlier run's" if paths["reading"].exists() else ""
+        paths["reading"].unlink(missing_ok=True)  # an earlier run's, not this model's
+        print("reading.png skipped: with --bidirectional the output at row t has read the whole "
+              f"image{removed}")
         return False
     plot_reading(model, images, labels, probs, class_names, paths["reading"])
     return True
@@ -874,6 +880,307 @@ def show_figures(paths):
         ax.imshow(plt.imread(path))
         ax.axis("off")
     plt.show()
+
+
+# --- Your own handwriting: --predict -------------------------------------------------
+# Section 8 shows the model one test image; the next thing a learner wants is to write a
+# digit on paper or in Paint and ask the LSTM. A photo resized straight to 28x28 is read
+# at little better than chance, because the model knows only digits made the way MNIST's
+# were. to_mnist() makes them that way, with Pillow (which torchvision brings) and torch:
+#
+#   1. EXIF orientation. A phone stores a photo sideways and a tag that says how to turn
+#      it; unturned, a 7 lies on its side. 手機照片常是橫著存、另加一個旋轉標記，先轉正。
+#   2. Transparency onto the paper, never onto black. A drawing app's PNG often has black
+#      ink on a transparent page whose hidden colour is black too: dropping the alpha
+#      leaves black on black. 透明背景要換成紙的顏色，直接丟掉 alpha 會變成全黑。
+#   3. Grey levels. MNIST has one channel; colour says nothing about which digit it is.
+#      MNIST 只有一個灰階通道，顏色不影響是哪個數字。
+#   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark
+#      on light. Judged from the border, which is paper, so a big digit cannot fool it.
+#      MNIST 是黑底白字，紙上是白底黑字：看邊框（一定是紙）決定要不要反相。
+#   5. The paper becomes 0. Its tone and its grain are measured on the border, and only what
+#      stands well above the grain counts as ink. 紙的亮度變成 0；比紙的雜訊亮很多的才算墨水。
+#   6. Crop to the ink: what is brighter than the paper by a share of the ink's contrast.
+#      Without this a small digit in a big photo shrinks to a dot.
+#      裁到墨水的範圍，小字才不會縮成一點。
+#   7. Thicken thin strokes. A ballpoint line 5 pixels wide in a 1000-pixel digit is a
+#      tenth of a pixel at 20x20 and fades away; MNIST's strokes are about two pixels.
+#      細筆畫先加粗，否則縮小後就不見了。
+#   8. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow,
+#      and edges get MNIST's grey levels. 保持長寬比放進 20x20，用 LANCZOS 抗鋸齒縮小。
+#   9. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only
+#      seen digits there. 以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
+#  10. Values 0..1, as section 2 gives the training images. 數值 0..1，和訓練資料一樣。
+PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # read from a folder
+N_PREDICT = 8  # images drawn in predict.png (every image gets its printed line)
+WORK_SIDE = 1600  # a bigger image is first shrunk to this longer side (speed)
+BORDER = 0.03  # the paper is judged on this share of each side (at least one pixel)
+INK_SIGMAS = 5  # ink is brighter than the paper by this many times its grain (a std)...
+INK_SHARE = 0.15  # ...and, to count for the crop, by this share of the brightest ink's contrast
+MIN_CONTRAST = 40  # levels (of 255) between paper and ink below which there is no ink: a blank page
+THIN_STROKE = 1.2  # strokes narrower than this (pixels, the digit 20 pixels tall) are thickened...
+TARGET_STROKE = 1.8  # ...to about this width: MNIST's usual stroke (README)
+FIT = 20  # MNIST's box: the digit's longer side becomes 20 pixels...
+CENTRE = 14  # ...and its centre of mass lands on row 14, column 14 of the 28x28 (where MNIST's are)
+
+
+def predict_images(args):
+    """--predict: load the trained model, read each image the MNIST way, print its answers, draw."""
+    if args.dataset != "mnist":
+        raise RunError("--predict reads handwritten digits: it needs a model trained on mnist")
+    device = pick_device(args.device)
+    model, description = load_trained(args.out_dir, args)
+    model.to(device).eval()
+    print(f"model: {description}, on {device}")
+    done, failed = [], []  # failed: a line for each path that could not be read; the others go on
+    for path in image_files(args.predict, failed):
+        try:
+            given = open_image(path)
+            digit = to_mnist(given)  # (28, 28) in [0, 1]
+            if digit is None:
+                raise RunError(f"{path}: no ink found (a blank page?); write the digit darker")
+        except RunError as err:
+            bad_input(str(err), failed)
+            continue
+        with torch.inference_mode():
+            probs = model(digit.unsqueeze(0).to(device)).float().softmax(dim=1)[0].cpu()  # (10,)
+        top = probs.topk(2)
+        print(f"{path}: pred {int(top.indices[0])} ({100 * top.values[0]:.1f}%), "
+              f"then {int(top.indices[1])} ({100 * top.values[1]:.1f}%)")
+        done.append({"path": path, "given": given, "digit": digit, "probs": probs,
+                     "pred": int(top.indices[0])})
+    figure = None
+    if done:
+        use_windows(args.show)
+        figure = Path(args.out_dir) / "predict.png"
+        plot_predict(model, done[:N_PREDICT], figure)
+        shown = f" (the first {N_PREDICT} of {len(done)})" if len(done) > N_PREDICT else ""
+        print(f"saved {figure}{shown}")
+        if args.show:
+            show_figures({"predict": figure})
+    if failed:  # each one has had its line on stderr; the good ones are printed and drawn above
+        raise SystemExit(1)
+    return {"predictions": done, "figure": figure}
+
+
+def bad_input(message, failed):
+    """One `lstm_mnist.py: error:` line for a path that cannot be read; the run goes on, exits 1."""
+    failed.append(message)
+    print(f"lstm_mnist.py: error: {message}", file=sys.stderr)
+
+
+def load_trained(out_dir, args):
+    """RNN.pth in `out_dir`, in the model checkpoint.pt records; returns (model, words on it)."""
+    weights, checkpoint_file = Path(out_dir) / "RNN.pth", checkpoint_path(out_dir)
+    if not weights.is_file():
+        train = shell_command(["--out-dir", str(out_dir)])  # runs from any folder, on any system
+        raise RunError(f"no trained model in {out_dir} (no RNN.pth); train first: {train} "
+                       f"(add --epochs 1 for a quick one)")
+    if checkpoint_file.is_file():  # Part 3: refuses a damaged file, another data set, other flags
+        checkpoint = load_checkpoint(checkpoint_file, args)
+        hparams = checkpoint["hparams"]
+        epochs = checkpoint["epoch"]
+        record = f"{epochs} epoch{'s' if epochs != 1 else ''}, {checkpoint_file}"
+        misfit = f"the model {checkpoint_file} records", "the two must come from the same run"
+    else:  # RNN.pth alone (the tutorial's own script writes only that): the model flags given
+        hparams, record = model_hparams(args), "no checkpoint.pt: the model flags given"
+        misfit = "the model of the flags given (no checkpoint.pt)", "pass the flags it had"
+    model = build_model(hparams)
+    state_dict = read_weights_only(weights)  # Part 3: tensors only; pickled code is never run
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as err:
+        raise RunError(f"{weights} does not fit {misfit[0]} ({last_line(err)}); {misfit[1]}") \
+            from None
+    return model, f"{weights} ({record})"
+
+
+def image_files(paths, failed):
+    """The files in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); see bad_input."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in PREDICT_SUFFIXES and p.is_file())
+            if not found:
+                bad_input(f"{path}: no image in this folder ({' '.join(PREDICT_SUFFIXES)})", failed)
+            files += found
+        elif path.is_file():
+            files.append(path)  # named on its own: tried whatever its suffix
+        else:
+            bad_input(f"{path}: no such file or folder", failed)
+    return files
+
+
+def open_image(path):
+    """The image at `path` upright (step 1), its first frame; RunError if Pillow cannot read it."""
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 million pixels and refuses twice that (a small file that
+            # unpacks into gigabytes: a "decompression bomb"); here both are refused.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # a GIF or WebP opens at its first frame
+                return ImageOps.exif_transpose(image)  # turned upright, and read whole
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise RunError(f"{path}: too big to read safely ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # not an image, truncated, ...
+        raise RunError(f"{path}: not an image Pillow can read ({last_line(err)})") from None
+
+
+def to_mnist(image):
+    """A Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST's were.
+
+    None if the image holds no ink (a blank page).
+    """
+    from PIL import Image, ImageOps
+
+    grey = on_paper(image)  # steps 2 and 3: (H, W) grey levels
+    grey.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
+    if paper_tone(pixels(grey))[0] > 127.5:  # step 4: light paper, so dark ink
+        grey = ImageOps.invert(grey)
+    levels = pixels(grey)  # (H, W), 0..255, the paper dark
+    paper, grain = paper_tone(levels)
+    floor = paper + INK_SIGMAS * grain  # step 5: darker than this is paper
+    contrast = float(levels.max()) - floor
+    if contrast < MIN_CONTRAST:
+        return None  # no ink: a blank page
+    ink = levels > floor + INK_SHARE * contrast  # step 6: (H, W) True where the digit is
+    rows, cols = ink.any(dim=1).nonzero().flatten(), ink.any(dim=0).nonzero().flatten()
+    digit = levels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # cropped to the ink: (h, w)
+    digit = ((digit - floor) / contrast).clamp(0, 1)  # the paper 0, the brightest ink 1
+    digit = fit_box(thicken(digit))  # steps 7 and 8: (at most 20, at most 20)
+    return centre_of_mass_at_centre(digit)  # steps 9 and 10: (28, 28)
+
+
+def on_paper(image):
+    """Steps 2 and 3: a Pillow "L" image, transparent parts filled with the paper's tone."""
+    from PIL import Image
+
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return image.convert("L")
+    grey, alpha = image.convert("RGBA").convert("LA").split()
+    opacity = pixels(alpha) / 255  # (H, W): 0 transparent .. 1 opaque
+    if (opacity < 0.5).float().mean() > 0.5:  # mostly transparent: what is opaque is the ink
+        ink = (pixels(grey) * opacity).sum() / opacity.sum().clamp(min=1e-6)
+        tone = 255 if ink < 128 else 0  # dark ink goes onto white paper, light ink onto black
+    else:  # mostly opaque: the paper is there, and its tone fills the holes
+        tone = int(pixels(grey)[opacity >= 0.5].median())
+    paper = Image.new("L", image.size, tone)
+    paper.paste(grey, mask=alpha)  # alpha-blends the grey image onto the paper
+    return paper
+
+
+def pixels(image):
+    """A Pillow "L" image as a float32 tensor (H, W) of levels 0..255."""
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return data.view(image.height, image.width).float()
+
+
+def paper_tone(levels):
+    """The paper's level and grain, from the image's border: (median, robust standard deviation)."""
+    band = max(1, round(BORDER * min(levels.shape)))
+    border = torch.cat([levels[:band].flatten(), levels[-band:].flatten(),
+                        levels[:, :band].flatten(), levels[:, -band:].flatten()])
+    median = float(border.median())
+    return median, 1.4826 * float((border - median).abs().median())  # 1.4826 x MAD: Gaussian std
+
+
+def thicken(digit):
+    """Step 7: widen strokes under THIN_STROKE pixels at 20x20; digit (h, w) -> (h + 2r, w + 2r)."""
+    strokes = nn.functional.pad(digit > 0.5, (1, 1, 1, 1)).float()  # (h + 2, w + 2)
+    edges = (strokes[1:] != strokes[:-1]).sum() + (strokes[:, 1:] != strokes[:, :-1]).sum()
+    width = float(2 * strokes.sum() / edges)  # a stroke w wide, L long: area w * L, edges ~2 * L
+    long_side = max(digit.shape)
+    if width * FIT / long_side >= THIN_STROKE:
+        return digit
+    # Growing each stroke by 2r also grows the digit by 2r; solve for the width after the shrink.
+    r = max(1, round((TARGET_STROKE * long_side / FIT - width) / (1 - TARGET_STROKE / FIT) / 2))
+    grown = nn.functional.pad(digit, (r, r, r, r))[None, None]  # (1, 1, h + 2r, w + 2r)
+    # A square max filter 2r + 1 wide, as two 1-D passes (a row, then a column): far faster.
+    grown = nn.functional.max_pool2d(grown, (1, 2 * r + 1), stride=1, padding=(0, r))
+    grown = nn.functional.max_pool2d(grown, (2 * r + 1, 1), stride=1, padding=(r, 0))
+    return grown[0, 0]
+
+
+def fit_box(digit):
+    """Step 8: the longer side to FIT pixels, aspect ratio kept, anti-aliased; -> (<= 20, <= 20)."""
+    from PIL import Image
+
+    h, w = digit.shape
+    scale = FIT / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # Pillow's (width, height)
+    image = Image.frombytes("F", (w, h), digit.contiguous().numpy().tobytes())  # 32-bit floats
+    image = image.resize(size, Image.Resampling.LANCZOS)
+    small = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(size[1], size[0])
+    small = small.clamp(0, 1)  # LANCZOS overshoots a little at sharp edges
+    return small / small.max()  # MNIST's digits all reach 1
+
+
+def centre_of_mass_at_centre(digit):
+    """Steps 9 and 10: the digit (h, w) in 28x28, its centre of mass on (CENTRE, CENTRE)."""
+    h, w = digit.shape
+    mass = digit.sum()
+    row = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)  # the centre of mass
+    col = float((digit.sum(dim=0) * torch.arange(w)).sum() / mass)
+    # Whole-pixel shifts, as MNIST's; kept inside the 28x28 should the mass sit far off the middle.
+    top = min(max(round(CENTRE - row), 0), SEQ_LEN - h)
+    left = min(max(round(CENTRE - col), 0), IN_DIM - w)
+    canvas = torch.zeros(SEQ_LEN, IN_DIM)
+    canvas[top : top + h, left : left + w] = digit
+    return canvas
+
+
+def plot_predict(model, done, path):
+    """predict.png: each image as given, the 28x28 the model sees, and its answer after each row."""
+    import matplotlib.pyplot as plt
+
+    device = next(model.parameters()).device
+    digits = torch.stack([item["digit"] for item in done])  # (n, 28, 28)
+    # (n, 28 rows, 10): the answer after each row; none with --bidirectional (see reading.png)
+    reading = None if model.bidirectional else probs_while_reading(model, digits.to(device))
+    fig, axes = plt.subplots(len(done), 3, figsize=(6.6, 2.6 * len(done) + 0.8), squeeze=False,
+                             layout="constrained",
+                             gridspec_kw={"width_ratios": [30, SEQ_LEN, N_CLASS]})
+    for (ax_given, ax_digit, ax_probs), item, k in zip(axes, done, range(len(done))):
+        given = item["given"].copy()
+        given.thumbnail((400, 400))  # enough to show; a 12-megapixel photo would be slow
+        ax_given.imshow(given.convert("RGBA"), cmap="gray")
+        name = item["path"].name if len(item["path"].name) <= 28 else item["path"].name[:25] + "..."
+        width, height = item["given"].size
+        ax_given.set_title(f"{name}\nas given ({width} x {height})", fontsize=9)
+        ax_given.axis("off")
+        pred, probs = item["pred"], item["probs"]
+        shown = item["digit"].clone()
+        settled = None if reading is None else settled_row(reading[k], shown)
+        if settled is not None:
+            shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled
+        ax_digit.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
+        ax_digit.set_title(f"what the model sees\npred {pred} ({100 * probs[pred]:.1f}%)",
+                           fontsize=9)
+        ax_digit.set(xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t")
+        if reading is None:  # --bidirectional: at row t the backward direction has read every row
+            ax_probs.axis("off")
+            ax_probs.text(0, 0.5, "bidirectional:\nno row-by-row\nreading", fontsize=8)
+            continue
+        ax_probs.imshow(reading[k].numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax_probs.set_xticks(range(N_CLASS), [str(c) for c in range(N_CLASS)], fontsize=7)
+        ax_probs.get_xticklabels()[pred].set(color="tab:orange", fontweight="bold")
+        ax_probs.set_yticks([])
+        ax_probs.set_title("after row t", fontsize=9)
+        ax_digit.set_xlabel(f"says {pred} from row {settled} on" if settled is not None
+                            else f"never sure: p({pred}) < {SETTLED_PROB:g}", fontsize=8)
+        for ax in (ax_digit, ax_probs):
+            if settled is not None:
+                ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
+    fig.suptitle("--predict: each image as given, the 28x28 MNIST would have made of it, "
+                 "and the class\nprobabilities after each row (yellow = likely); "
+                 "from the orange line on the answer holds", fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 # --- Why an LSTM: a plain RNN and a GRU beside it (為什麼用 LSTM，不用簡單的 RNN？) -------
@@ -1423,15 +1730,44 @@ class RunError(Exception):
 
 @contextlib.contextmanager
 def one_line_errors():
-    """A RunError ends the run in one line and exit code 1; Ctrl-C in one line and exit code 130."""
+    """A problem the user can fix ends the run in one line and exit 1; Ctrl-C in one line and 130.
+
+    The problems: a RunError, any OSError (a file or folder that cannot be read or written)
+    and running out of memory (one_line says what to do). Anything else is a bug and keeps
+    its traceback. Yields a dict: explain_interrupt sets its "note", what Ctrl-C says once
+    training is over.
+    """
+    ctrl_c = {"note": "interrupted"}
     try:
-        yield
-    except RunError as err:
-        print(f"lstm_mnist.py: error: {err}", file=sys.stderr)
+        yield ctrl_c
+    except (RunError, OSError, RuntimeError) as err:
+        line = one_line(err)
+        if line is None:
+            raise
+        print(f"lstm_mnist.py: error: {line}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt as err:
-        print(f"lstm_mnist.py: {str(err) or 'interrupted'}", file=sys.stderr)
+        print(f"lstm_mnist.py: {str(err) or ctrl_c['note']}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+# torch's words for it: "CUDA out of memory" (torch.OutOfMemoryError), "MPS backend out of
+# memory", and the CPU allocator's "can't allocate memory" (Linux, macOS) or "not enough memory"
+# (Windows).
+OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|not enough memory", re.IGNORECASE)
+
+
+def one_line(err):
+    """The line that explains `err` to the user, or None if it is not a problem the user can fix."""
+    if isinstance(err, RunError):
+        return str(err)
+    if isinstance(err, OSError):  # which file, and why (Permission denied, No space left ...)
+        return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+    if OUT_OF_MEMORY.search(str(err)):
+        asked = re.search(r"tried to allocate ([\d.]+ ?\w+)", str(err), re.IGNORECASE)
+        return (f"out of memory{f' (asked for {asked.group(1)})' if asked else ''}: lower "
+                "--batch-size or --hidden-dim (or --n-layer), or run on a device with more memory")
+    return None
 
 
 # --- Before the run: the device line, the config line, the output folder -------------
@@ -1506,7 +1842,8 @@ def cuda_hint(driver_files=NVIDIA_DRIVER_FILES):
         return (f"note: this machine has an NVIDIA GPU, but this PyTorch ({torch.__version__}) is a CPU-only build; "
                 'install the CUDA build to train on the GPU (README: "The CUDA build of PyTorch")')
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    hidden = f"CUDA_VISIBLE_DEVICES={visible!r} hides it" if visible is not None else "no device is visible to it"
+    hidden = ("no device is visible to it" if visible is None else
+              f"CUDA_VISIBLE_DEVICES={visible!r} (the GPUs CUDA may use) names none it can use")
     return (f"note: this machine has an NVIDIA GPU and this PyTorch has CUDA {torch.version.cuda}, but CUDA is "
             f"unusable: the NVIDIA driver may be too old for CUDA {torch.version.cuda}, or {hidden} "
             "(nvidia-smi shows the driver and its CUDA version)")
@@ -1584,8 +1921,18 @@ def check_idx_file(path, n_dims):
 
 
 def check_labels(data, data_dir, class_name, train):
-    """Raise RunError unless every image has a label and every label is a class."""
+    """Make `data` hold the raw files' data; raise RunError unless each image has a class label.
+
+    Where an older torchvision left processed/training.pt and test.pt, torchvision's MNIST
+    loads those instead of the raw files: here the raw files that ensure_raw_files checked
+    are decoded in their place.
+    """
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
     images_file, labels_file = (Path(data_dir) / class_name / "raw" / name for name in SPLIT_FILES[train])
+    if os.path.exists(data.processed_folder):
+        data.data, data.targets = read_image_file(str(images_file)), read_label_file(
+            str(labels_file))
     if len(data.data) != len(data.targets):
         raise RunError(
             f"{images_file} has {len(data.data)} images but {labels_file} has "
@@ -1722,11 +2069,40 @@ def save_checkpoint(run, out_dir):
 
 
 def keep_previous_run(out_dir):
-    """Rename the checkpoint.pt and RNN.pth of an earlier run to *.previous.* (one level is kept)."""
-    for name, previous in [(CHECKPOINT_NAME, "checkpoint.previous.pt"), ("RNN.pth", "RNN.previous.pth")]:
-        if (Path(out_dir) / name).exists():
-            os.replace(Path(out_dir) / name, Path(out_dir) / previous)
-            print(f"kept the previous run's {name} as {Path(out_dir) / previous}")
+    """Keep the earlier run's checkpoint.pt and RNN.pth, which this run's first save replaces.
+
+    A finished run becomes checkpoint.previous.pt and RNN.previous.pth, in place of the finished
+    run kept before. An unfinished one becomes *.unfinished.* instead, so the last finished pair
+    stays. A kind's other file is deleted when its run had none: never a pair from two runs.
+    One line says what was kept.
+    """
+    out_dir = Path(out_dir)
+    if not any((out_dir / name).exists() for name in (CHECKPOINT_NAME, "RNN.pth")):
+        return
+    kind = "previous" if finished_run(out_dir) else "unfinished"
+    for name, kept in [(CHECKPOINT_NAME, f"checkpoint.{kind}.pt"), ("RNN.pth", f"RNN.{kind}.pth")]:
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, out_dir / kept)
+        else:
+            (out_dir / kept).unlink(missing_ok=True)
+    path = out_dir / f"checkpoint.{kind}.pt"
+    if kind == "previous":
+        print(f"kept the finished run before this one as {path} and RNN.previous.pth")
+    else:
+        stays = (out_dir / "RNN.previous.pth").exists()
+        print(f"kept the unfinished run before this one as {path}"
+              + (" (the last finished run stays in *.previous.*)" if stays else ""))
+
+
+def finished_run(out_dir):
+    """True if out_dir's RNN.pth was saved and its checkpoint.pt holds every epoch it planned."""
+    if not (out_dir / "RNN.pth").exists():
+        return False
+    try:
+        checkpoint = torch.load(out_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+        return checkpoint["epoch"] >= checkpoint["settings"]["epochs"]
+    except Exception:  # missing, damaged or not ours: not a finished run of this script
+        return False
 
 
 @contextlib.contextmanager
@@ -1736,16 +2112,23 @@ def atomic_file(path):
     The data goes to a temporary file in the same folder, which is renamed over `path`
     once complete: the rename is atomic, so `path` always holds the old or the new file.
     """
-    fd, tmp_name = tempfile.mkstemp(prefix=Path(path).name + ".", suffix=".tmp", dir=Path(path).parent)
-    os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes it private (0600); the figures follow the umask
+    tmp_name = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=Path(path).name + ".", suffix=".tmp",
+                                        dir=Path(path).parent)
+        # mkstemp makes it private (0600); the figures follow the umask, so this file does too.
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
+    except OSError as err:  # a full disk, a file another program holds (Windows): `path` untouched
+        kept = (f"the {Path(path).name} already there is intact" if Path(path).exists()
+                else "nothing was written")
+        raise RunError(f"cannot write {path} ({err.strerror or err}); {kept}") from None
     finally:
-        if os.path.exists(tmp_name):
+        if tmp_name and os.path.exists(tmp_name):
             os.remove(tmp_name)
 
 
@@ -1769,17 +2152,7 @@ def load_checkpoint(path, args):
     """The checkpoint at `path` as a dict, after checking it was made for this model."""
     if not Path(path).is_file():
         raise RunError(f"no checkpoint at {path}; train first (without --eval-only / --resume)")
-    try:
-        # weights_only=True only rebuilds tensors and plain containers: a file that
-        # asks for any other Python object is refused before any of its code runs.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        # The weights-only unpickler names the Python object it refused as a "GLOBAL".
-        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if refused:
-            raise RunError(f"{path} refused: it asks for the Python object {refused.group(1)}, which "
-                           f"could run code; load only checkpoints this script wrote") from None
-        raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
+    checkpoint = read_weights_only(path)
     if not isinstance(checkpoint, dict) or not str(checkpoint.get("format")).startswith("lstm_mnist checkpoint"):
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py")
     if isinstance(checkpoint.get("hparams"), dict):  # written before --cell and --pad-rows: an LSTM, no zero rows
@@ -1795,6 +2168,23 @@ def load_checkpoint(path, args):
                        f"pass --dataset {checkpoint['dataset']}")
     refuse_changes(path, checkpoint["hparams"], args, MODEL_FLAGS, "pass the same model flags")
     return checkpoint
+
+
+def read_weights_only(path):
+    """torch.load(path) of tensors and plain containers only (checkpoint.pt, RNN.pth), or RunError."""
+    try:
+        # weights_only=True only rebuilds tensors and plain containers: a file that
+        # asks for any other Python object is refused before any of its code runs.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:  # unreadable (Permission denied ...): one_line_errors names the file and why
+        raise
+    except Exception as err:
+        # The weights-only unpickler names the Python object it refused as a "GLOBAL".
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if refused:
+            raise RunError(f"{path} refused: it asks for the Python object {refused.group(1)}, which "
+                           f"could run code; load only checkpoints this script wrote") from None
+        raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
 
 
 # checkpoint.pt's layout, as RunState.state_dict() writes it: every key and the type of its value.
@@ -1814,9 +2204,16 @@ def layout_problem(checkpoint):
         ({*RESUME_FLAGS, "epochs", "steps_per_epoch"} - checkpoint["settings"].keys())
     if missing:
         return f"its record of the flags lacks {sorted(missing)[0]!r}"
-    if checkpoint["epoch"] < 0 or len(checkpoint["history"]) != checkpoint["epoch"] \
-            or not all(isinstance(row, dict) and "epoch" in row for row in checkpoint["history"]):
-        return f"its history does not hold one row per epoch ({checkpoint['epoch']} epochs)"
+    # Each row holds what curves.png reads: the training's numbers and those of the set each epoch
+    # was measured on (the test set, or with --val-size the held-out images).
+    split = "val" if checkpoint["settings"]["val_size"] else "test"
+    row_keys = ["epoch", "train_loss", "train_acc", f"{split}_loss", f"{split}_acc"]
+    history = checkpoint["history"]
+    if checkpoint["epoch"] < 0 or len(history) != checkpoint["epoch"] or not all(
+            isinstance(row, dict) and all(isinstance(row.get(k), (int, float)) for k in row_keys)
+            for row in history):
+        return (f"its history does not hold one row of {', '.join(row_keys)} per epoch "
+                f"({checkpoint['epoch']} epochs)")
     rng = checkpoint["rng"]
     if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("data_order"), torch.Tensor)
             and isinstance(rng.get("cuda"), (torch.Tensor, type(None)))):
@@ -1828,6 +2225,9 @@ def refuse_changes(path, saved, args, flags, advice):
     """Raise RunError naming the first of `flags` whose value differs from the checkpoint's, and the value to pass."""
     for key, flag in flags.items():
         if saved.get(key) != getattr(args, key):
+            if str(saved.get(key)) == str(getattr(args, key)):  # 128 and "128": we never write that
+                raise RunError(f"{path} is damaged: it records {key} as {saved.get(key)!r}, "
+                               f"a {type(saved.get(key)).__name__}; train again")
             raise RunError(f"{path} was trained with {key}={saved.get(key)}, this run asks for "
                            f"{key}={getattr(args, key)} ({flag}); {advice}: {as_flag(flag, saved.get(key), args)}")
 
@@ -1892,29 +2292,50 @@ def restore(run, args):
                        f"{run.settings['steps_per_epoch']}: the training images differ; use the same --data-dir")
     try:
         run.load_state_dict(checkpoint)
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise RunError(f"{path}: its weights do not fit the model it records ({last_line(err)})") from None
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:  # optimizer, ...
+        raise RunError(f"{path} is damaged: the run state it holds does not load "
+                       f"({last_line(err)})") from None
+    # The record stays the original run's: its seed, recipe and forget bias, whatever this run asks.
+    run.settings = {**run.settings, **saved, "epochs": args.epochs}
     print(f"resuming after epoch {checkpoint['epoch']} from {path}")
     if checkpoint["epoch"] >= args.epochs:
-        print(f"the checkpoint already has {checkpoint['epoch']} epochs; raise --epochs to train more")
+        more = ("its one-cycle schedule is complete" if args.one_cycle
+                else "raise --epochs to train more")
+        print(f"the checkpoint already has {checkpoint['epoch']} epochs; {more}")
 
 
 @contextlib.contextmanager
-def explain_interrupt(run, argv):
-    """Turn Ctrl-C during training into a message that says what was kept and how to resume."""
+def explain_interrupt(run, argv, ctrl_c):
+    """Turn Ctrl-C during training into a message that says what was kept and how to resume.
+
+    Once training is over, Ctrl-C (in the final test or the figures) says how to finish without
+    training again: one_line_errors prints ctrl_c["note"].
+    """
+    path = checkpoint_path(run.out_dir)
     try:
         yield
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(interrupt_message(run.saved_epoch, checkpoint_path(run.out_dir), argv)) from None
+        raise KeyboardInterrupt(interrupt_message(run.saved_epoch, path, argv)) from None
+    rest = [arg for arg in argv if arg != "--resume"]
+    finish = shell_command([*rest, "--eval-only"])
+    ctrl_c["note"] = (f"interrupted after training: {path} holds all {run.epoch} epochs; finish "
+                      f"the final test and the figures with: {finish}")
 
 
 def interrupt_message(epochs_done, path, argv):
     if epochs_done == 0:
         return "interrupted during the first epoch; nothing was saved"
-    command = shlex.join(["python", "lstm_mnist.py", *argv])
-    resume_hint = command if "--resume" in argv else command + " --resume"
+    resume_hint = shell_command(argv if "--resume" in argv else [*argv, "--resume"])
     return (f"interrupted during epoch {epochs_done + 1}; {path} holds epoch {epochs_done} intact; "
             f"continue with: {resume_hint}")
+
+
+def shell_command(argv):
+    """The command that runs this script with `argv` from any folder, quoted for this system."""
+    import subprocess  # only for Windows' quoting
+
+    words = [sys.executable or "python", str(Path(__file__).resolve()), *argv]
+    return subprocess.list2cmdline(words) if sys.platform == "win32" else shlex.join(words)
 
 
 # --- The command line: every flag overrides one entry of DEFAULTS ------------------
@@ -2023,6 +2444,11 @@ def build_parser():
     run_group.add_argument("--eval-only", action="store_true",
                            help="skip training: reload the checkpoint in --out-dir, test it, draw the figures")
     run_group.add_argument("--show", action="store_true", help="also open the figures in windows")
+    # No default: left out of args (and so of the config line) unless given.
+    run_group.add_argument("--predict", nargs="+", metavar="PATH", default=argparse.SUPPRESS,
+                           help="train nothing: read your own images of handwritten digits (files or folders "
+                                "of PNG, JPEG, BMP, GIF, WebP) the way MNIST's were made, print what the model "
+                                "in --out-dir says, and draw predict.png")
     beyond = parser.add_argument_group("beyond the tutorial's recipe (opt-in; --recipe sets several at once)")
     beyond.add_argument("--recipe", choices=list(RECIPES), default=d["recipe"],
                         help="fast: " + recipe_flags("fast") + "; best: " + recipe_flags("best") +
@@ -2094,7 +2520,7 @@ def parse_args(argv=None):
     parser = build_parser()
     # A --recipe changes the defaults of the flags it stands for (in --help too); flags given
     # on the command line still override them, one by one.
-    recipe_only = argparse.ArgumentParser(add_help=False)
+    recipe_only = OneLineParser(prog=parser.prog, add_help=False)  # `--recipe` alone: one line
     recipe_only.add_argument("--recipe")
     recipe = recipe_only.parse_known_args(argv)[0].recipe
     parser.set_defaults(**RECIPES.get(recipe, {}))
@@ -2128,7 +2554,7 @@ def as_argv(args, skip=()):
     for action in build_parser()._actions:
         if not action.option_strings or action.dest in ("help", *skip):
             continue
-        value, flag = getattr(args, action.dest), action.option_strings[0]
+        value, flag = getattr(args, action.dest, None), action.option_strings[0]  # --predict: absent unless given
         if action.nargs == 0:  # --augment, --no-bias, ...: given when the value is the one it stores
             argv += [flag] if value == action.const else []
         elif value is not None:

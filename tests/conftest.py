@@ -1,5 +1,9 @@
 """Shared fixtures: tiny IDX data sets written by the tests, and a helper to run main()."""
 
+import contextlib
+import io
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,6 +14,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import lstm_mnist  # noqa: E402
+
+# One thread: the tiny models of the tests run faster on one (two threads spend their time waiting on each other),
+# and on a busy machine a waiting thread spins for a core another test needs. The child processes of the tests too.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 # The real MNIST files, beside the checkout (read-only); tests that need them skip elsewhere.
 REAL_DATA = REPO.parent / "shared" / "data"
@@ -54,6 +63,85 @@ def tiny_data(tmp_path_factory):
     write_dataset(root, "MNIST")
     write_dataset(root, "FashionMNIST")
     return root
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "figures: main() draws its figures in this test (skipped elsewhere: "
+                                       "drawing them takes most of a tiny run's time)")
+
+
+class FiguresNotDrawn:
+    """main()'s "figures" in a test not marked `figures`: using it fails, saying why."""
+
+    def __getattr__(self, name):
+        raise AssertionError("main() drew no figures in this test: mark it @pytest.mark.figures")
+
+    __getitem__ = __iter__ = __len__ = __getattr__
+
+
+def no_figures(*args, **kwargs):
+    """Stands in for lstm_mnist.draw_figures where a test does not look at the figures."""
+    return FiguresNotDrawn()
+
+
+@pytest.fixture(autouse=True)
+def figures_only_where_marked(request, monkeypatch):
+    """main() draws the figures only in tests marked `figures`; tests/test_inside.py draws each one on its own."""
+    if request.node.get_closest_marker("figures") is None:
+        monkeypatch.setattr(lstm_mnist, "draw_figures", no_figures)
+
+
+@pytest.fixture(scope="session")
+def shared_run(tiny_data, tmp_path_factory):
+    """main() on the tiny data, once per set of flags for the whole session, for tests that only read its result.
+
+    Returns run(*flags) -> main()'s result; its "out_dir" is the run's folder: copy it before changing anything.
+    """
+    results = {}
+
+    def run(*flags):
+        key = tuple(map(str, flags))
+        if key not in results:
+            out_dir = tmp_path_factory.mktemp("shared")
+            with pytest.MonkeyPatch.context() as patch:  # session fixtures start outside a test's patches
+                patch.setattr(lstm_mnist, "draw_figures", no_figures)
+                result = lstm_mnist.main([*TINY_ARGS, "--data-dir", str(tiny_data), "--out-dir", str(out_dir), *key])
+            results[key] = {**result, "out_dir": out_dir}
+        return results[key]
+
+    return run
+
+
+REAL_DRAW_FIGURES = lstm_mnist.draw_figures
+
+
+@pytest.fixture(scope="session")
+def drawn_run(tiny_data, tmp_path_factory):
+    """One 2-epoch run that draws every figure, started from an empty folder: what it printed, returned and wrote.
+
+    Shared by the tests that read a whole run's output; copy "out_dir" before changing anything.
+    """
+    out_dir, cwd = tmp_path_factory.mktemp("drawn"), tmp_path_factory.mktemp("cwd")
+    data_before = sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*"))
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(lstm_mnist, "draw_figures", REAL_DRAW_FIGURES)
+        patch.chdir(cwd)  # nothing may be written there
+        result = lstm_mnist.main([*TINY_ARGS, "--data-dir", str(tiny_data), "--out-dir", str(out_dir), "--epochs", "2"])
+    return {"result": result, "printed": printed.getvalue().splitlines(), "out_dir": out_dir, "cwd": cwd,
+            "data_before": data_before}
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """copy_of(out_dir) -> a copy of a run's folder in this test's tmp_path, free to change."""
+
+    def copy(out_dir):
+        target = tmp_path / f"copy-{out_dir.name}"
+        shutil.copytree(out_dir, target)
+        return target
+
+    return copy
 
 
 @pytest.fixture

@@ -127,7 +127,8 @@ def test_the_untrained_twin_leaves_the_random_state_alone():
 
 
 # --- Whole runs on the tiny data -------------------------------------------------------
-# test_inside.py draws every figure; here only those this part changes are drawn, to stay quick.
+# conftest skips main()'s figures unless a test is marked `figures`; the one that is draws only
+# the figures this part changes (memory.png, and gates.png or its skip), to stay quick.
 
 
 @pytest.fixture
@@ -137,11 +138,7 @@ def quick_figures(monkeypatch):
         monkeypatch.setattr(lstm_mnist, name, lambda *args: None)
 
 
-@pytest.fixture
-def no_figures(monkeypatch):
-    monkeypatch.setattr(lstm_mnist, "draw_figures", lambda *args: {})
-
-
+@pytest.mark.figures
 @pytest.mark.parametrize("cell,pad_rows", [("gru", 0), ("rnn", 3), ("lstm", 2)])
 def test_each_cell_trains_reloads_and_draws_memory_png(run_main, quick_figures, tmp_path, capsys, cell, pad_rows):
     result = run_main("--epochs", 1, "--max-batches", 2, "--cell", cell, "--pad-rows", pad_rows)
@@ -159,8 +156,7 @@ def test_each_cell_trains_reloads_and_draws_memory_png(run_main, quick_figures, 
     assert ("gates.png skipped" in out) == (cell != "lstm")
 
 
-def test_another_cell_or_pad_rows_is_refused_on_eval_only_and_resume(run_main, no_figures, tiny_data, tmp_path,
-                                                                     capsys):
+def test_another_cell_or_pad_rows_is_refused_on_eval_only_and_resume(run_main, tiny_data, tmp_path, capsys):
     run_main("--epochs", 1, "--max-batches", 2, "--cell", "gru")
     base = ["--device", "cpu", "--hidden-dim", "16", "--batch-size", "50", "--data-dir", tiny_data,
             "--out-dir", tmp_path / "out"]
@@ -173,8 +169,7 @@ def test_another_cell_or_pad_rows_is_refused_on_eval_only_and_resume(run_main, n
     assert run_main("--eval-only", "--cell", "gru")["final_test_acc"] >= 0  # the same cell reloads
 
 
-def test_a_checkpoint_from_before_cell_and_pad_rows_reads_as_an_lstm(run_main, no_figures, tiny_data, tmp_path,
-                                                                     capsys):
+def test_a_checkpoint_from_before_cell_and_pad_rows_reads_as_an_lstm(run_main, tiny_data, tmp_path, capsys):
     result = run_main("--epochs", 1, "--max-batches", 2)
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
     del checkpoint["hparams"]["cell"], checkpoint["hparams"]["pad_rows"]  # the layout before this change
@@ -195,7 +190,7 @@ def test_flags_that_only_an_lstm_has_are_refused_for_the_other_cells(capsys):
     assert "expected a whole number" in fails(capsys, ["--pad-rows", "-1"], 2)
 
 
-def test_compare_cells_trains_all_three_and_prints_one_table(run_main, no_figures, tmp_path, capsys):
+def test_compare_cells_trains_all_three_and_prints_one_table(run_main, tmp_path, capsys):
     result = run_main("--compare-cells", "--epochs", 1, "--max-batches", 2, "--pad-rows", 1)
     out = capsys.readouterr().out
     assert [row["cell"] for row in result["cells"]] == ["lstm", "gru", "rnn"]

@@ -7,14 +7,10 @@ absence skip themselves.
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, lstm_mnist
-
-SCRIPT = str(REPO / "lstm_mnist.py")
+from conftest import lstm_mnist
 LINUX_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0")
 
 
@@ -90,31 +86,32 @@ def test_prepare_run_prints_the_hint_under_the_device_line_for_auto_only(fake_gp
     assert lines[0] == "device: cpu" and not any("NVIDIA" in line for line in lines), lines
 
 
-def run_one_batch(tiny_data, tmp_path, path):
-    """A 1-batch run with --device auto, as a separate process with this PATH; its stdout lines."""
-    env = {**os.environ, "PATH": path, "CUDA_VISIBLE_DEVICES": ""}  # auto must come out as cpu even on a GPU box
-    done = subprocess.run([sys.executable, SCRIPT, "--device", "auto", "--epochs", "1", "--max-batches", "1",
-                           "--hidden-dim", "8", "--batch-size", "20", "--data-dir", str(tiny_data),
-                           "--out-dir", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
-    return done.stdout.splitlines()
+def run_one_batch(tiny_data, tmp_path, path, monkeypatch, capsys):
+    """A 1-batch run with --device auto and this PATH (main() reads the PATH as it starts); its stdout lines."""
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto must come out as cpu even on a GPU box
+    lstm_mnist.main(["--device", "auto", "--epochs", "1", "--max-batches", "1", "--hidden-dim", "8",
+                     "--batch-size", "20", "--data-dir", str(tiny_data), "--out-dir", str(tmp_path / "out")])
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err
+    return printed.out.splitlines()
 
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="--device auto picks MPS on this Mac")
-def test_command_line_with_a_stand_in_nvidia_smi(tiny_data, tmp_path):
+def test_command_line_with_a_stand_in_nvidia_smi(tiny_data, tmp_path, monkeypatch, capsys):
     folder = stand_in_nvidia_smi(tmp_path / "bin")
-    lines = run_one_batch(tiny_data, tmp_path, str(folder) + os.pathsep + os.environ.get("PATH", ""))
+    lines = run_one_batch(tiny_data, tmp_path, str(folder) + os.pathsep + os.environ.get("PATH", ""), monkeypatch,
+                          capsys)
     at = lines.index("device: cpu")
     assert "NVIDIA" in lines[at + 1] or "CUDA" in lines[at + 1], lines[at:at + 2]
 
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="--device auto picks MPS on this Mac")
-def test_command_line_without_a_stand_in_prints_no_hint(tiny_data, tmp_path):
+def test_command_line_without_a_stand_in_prints_no_hint(tiny_data, tmp_path, monkeypatch, capsys):
     path = os.environ.get("PATH", "")
     if machine_shows_nvidia(path):
         pytest.skip("this machine has an NVIDIA GPU of its own, so the hint is due here")
-    lines = run_one_batch(tiny_data, tmp_path, path)
+    lines = run_one_batch(tiny_data, tmp_path, path, monkeypatch, capsys)
     at = lines.index("device: cpu")
     assert not any("NVIDIA" in line or "CUDA" in line for line in lines[at + 1:at + 2]), lines[at:at + 2]
     assert not any("NVIDIA" in line for line in lines), lines

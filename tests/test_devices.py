@@ -1,6 +1,5 @@
 """GPUs, Apple GPUs and notebooks, tested on a CPU: the device probes are faked."""
 
-import subprocess
 import sys
 import types
 
@@ -165,8 +164,8 @@ def test_the_loss_scale_is_saved_and_resumed(run_main, monkeypatch, tmp_path):
     assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["scaler"]["_growth_tracker"] == 16
 
 
-def test_checkpoints_without_amp_record_the_scaler_as_off(run_main, tmp_path):
-    result = run_main("--epochs", "1", out_dir=tmp_path / "out")
+def test_checkpoints_without_amp_record_the_scaler_as_off(shared_run):
+    result = shared_run("--epochs", "1")
     assert torch.load(result["checkpoint"], weights_only=True)["scaler"] == {}
 
 
@@ -247,10 +246,12 @@ def test_main_in_a_notebook_runs_with_the_defaults_instead_of_a_usage_error(in_a
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
                     reason="an accelerator is present: the script would train on it")
-def test_the_device_check_says_there_is_no_accelerator_and_exits_0():
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "device_check.py")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == "no accelerator present (CUDA or MPS); nothing to check\n"
+def test_the_device_check_says_there_is_no_accelerator_and_exits_0(capsys):
+    sys.path.insert(0, str(REPO / "tests"))
+    import device_check
+
+    assert device_check.main([]) == 0
+    assert capsys.readouterr().out == "no accelerator present (CUDA or MPS); nothing to check\n"
 
 
 def test_the_device_check_table_runs_end_to_end_on_the_cpu(tiny_data, monkeypatch, capsys):

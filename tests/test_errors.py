@@ -1,6 +1,7 @@
 """Bad input ends in one actionable line and the right exit code; interrupted work is never lost."""
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -104,10 +105,9 @@ def test_an_unwritable_out_dir_fails_before_loading_data(tmp_path, capsys):
 
 
 @pytest.fixture
-def trained(run_main, tmp_path):
-    """An out-dir holding a checkpoint of one tiny epoch."""
-    out_dir = tmp_path / "trained"
-    run_main("--epochs", "1", out_dir=out_dir)
+def trained(shared_run, copy_of):
+    """An out-dir holding a checkpoint of one tiny epoch: a copy of the session's, free to damage."""
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
     return out_dir, out_dir / lstm_mnist.CHECKPOINT_NAME
 
 
@@ -224,15 +224,21 @@ def cli(*args, **kwargs):
     ["--lr", "-1"],
     ["--data-dir", "{tmp}/missing", "--out-dir", "{tmp}/out", "--device", "cpu", "--max-batches", "1"],
 ])
-def test_the_real_command_line_prints_no_traceback(args, tmp_path):
+def test_the_real_command_line_prints_no_traceback(args, tmp_path, capsys):
     args = [arg.format(tmp=tmp_path) for arg in args]
     if "--data-dir" in args:
         # A file where the raw/ folder should be: the download fails at once, with no network.
         (tmp_path / "missing" / "MNIST").mkdir(parents=True)
         (tmp_path / "missing" / "MNIST" / "raw").write_text("a file where a folder should be")
-    done = cli(*args)
-    assert done.returncode in (1, 2)
-    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 2, done.stderr
+    if args == ["--epochs", "0"]:  # one as a real process: sys.argv, the __main__ guard, the exit code
+        done = cli(*args)
+        returncode, stderr = done.returncode, done.stderr
+    else:  # the others in-process: the same main(), the same handler, without starting Python again
+        with pytest.raises(SystemExit) as exit_info:
+            lstm_mnist.main(args)
+        returncode, stderr = exit_info.value.code, capsys.readouterr().err
+    assert returncode in (1, 2)
+    assert "Traceback" not in stderr and len(stderr.splitlines()) <= 2, stderr
 
 
 def ctrl_c_as_in_a_terminal():
@@ -241,7 +247,7 @@ def ctrl_c_as_in_a_terminal():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_the_same_run(tiny_data, tmp_path):
+def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_the_same_run(tiny_data, tmp_path, capsys):
     epochs = 40
     args = [*TINY_ARGS, "--data-dir", tiny_data, "--epochs", epochs]
     checkpoint = tmp_path / "split" / lstm_mnist.CHECKPOINT_NAME
@@ -262,10 +268,14 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_the_same_run(tiny_
     assert 1 <= saved["epoch"] < epochs
     assert not list(checkpoint.parent.glob("*.tmp"))
 
-    resumed = cli(*args, "--out-dir", tmp_path / "split", "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    # The printed command resumes it (run in-process here: the process boundary was the Ctrl-C's).
+    command = shlex.split(err.split("continue with: ", 1)[1])
+    assert command[:2] == [sys.executable, SCRIPT] and command[-1] == "--resume"
+    capsys.readouterr()
+    lstm_mnist.main(command[2:])
+    resumed = capsys.readouterr().out
     straight = lstm_mnist.main([*map(str, args), "--out-dir", str(tmp_path / "straight")])
-    assert resumed.stdout.splitlines()[-1] == f"final test accuracy: {straight['final_test_acc']:.2f}%"
+    assert resumed.splitlines()[-1] == f"final test accuracy: {straight['final_test_acc']:.2f}%"
     assert metrics(torch.load(checkpoint, weights_only=True)["history"]) == metrics(straight["history"])
 
 

@@ -82,6 +82,7 @@ def figure_inputs(n=120, **kwargs):
 HISTORY = [{"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "test_loss": 1.0, "test_acc": 50.0}]
 
 
+@pytest.mark.figures
 def test_every_figure_is_drawn_and_the_gates_come_from_the_cell_by_hand(tmp_path, monkeypatch, capsys):
     model, loader = figure_inputs()
     calls = []
@@ -96,11 +97,16 @@ def test_every_figure_is_drawn_and_the_gates_come_from_the_cell_by_hand(tmp_path
     assert len(calls) == 1 and calls[0][0] is model.lstm  # gates.png, computed by hand
 
 
-def test_bidirectional_skips_reading_png_and_says_why(tmp_path, capsys):
+@pytest.mark.figures
+def test_bidirectional_skips_reading_png_says_why_and_leaves_no_earlier_one(tmp_path, capsys):
     model, loader = figure_inputs(bidirectional=True, batch_first=False)
-    paths = lstm_mnist.draw_figures(model, loader, HISTORY, lstm_mnist.DATASETS["fashion-mnist"][1], tmp_path, False)
+    (tmp_path / "reading.png").write_bytes(b"an earlier run's reading.png")
+    history = [{**HISTORY[0], "val_loss": 1.0, "val_acc": 50.0, "label_smoothing": 0.1}]  # --val-size's curves too
+    for row in history:
+        del row["test_loss"], row["test_acc"]
+    paths = lstm_mnist.draw_figures(model, loader, history, lstm_mnist.DATASETS["fashion-mnist"][1], tmp_path, False)
     printed = capsys.readouterr().out
-    assert "reading.png skipped" in printed and "--bidirectional" in printed
+    assert "reading.png skipped" in printed and "--bidirectional" in printed and "removed the earlier run's" in printed
     assert "reading" not in paths and not (tmp_path / "reading.png").exists()
     assert (tmp_path / "gates.png").exists() and (tmp_path / "mistakes.png").exists()
 
@@ -112,6 +118,7 @@ def test_mistakes_png_copes_with_no_mistakes(tmp_path):
     assert (tmp_path / "mistakes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.figures
 def test_a_test_set_smaller_than_the_figures_is_drawn_too(tmp_path):
     model, loader = figure_inputs(n=3)  # --max-batches 1 --batch-size 3 tests on 3 images
     paths = lstm_mnist.draw_figures(model, loader, HISTORY, lstm_mnist.DATASETS["mnist"][1], tmp_path, False)

@@ -23,14 +23,9 @@ def test_train_loss_is_the_mean_per_image_actually_seen(tiny_data):
     assert train_acc == pytest.approx(test_acc)
 
 
-def test_end_to_end_run_saves_reloads_and_draws(run_main, tiny_data, tmp_path, monkeypatch, capsys):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    data_before = sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*"))
-    out_dir = tmp_path / "out"
-    result = run_main("--epochs", "2", out_dir=out_dir)
-    printed = capsys.readouterr().out.splitlines()
+def test_end_to_end_run_saves_reloads_and_draws(drawn_run, tiny_data):
+    result, printed, out_dir, cwd, data_before = (drawn_run[key] for key in ("result", "printed", "out_dir", "cwd",
+                                                                             "data_before"))
 
     # The checkpoint is plain data: it loads with weights_only=True into a fresh model
     # that predicts exactly what the trained model predicts.
@@ -57,16 +52,16 @@ def test_end_to_end_run_saves_reloads_and_draws(run_main, tiny_data, tmp_path, m
     assert sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*")) == data_before
 
 
-def test_same_seed_same_numbers_other_seed_other_numbers(run_main, tmp_path):
-    first = run_main("--epochs", "2", out_dir=tmp_path / "a")
+def test_same_seed_same_numbers_other_seed_other_numbers(shared_run, run_main, tmp_path):
+    first = shared_run("--epochs", "2")
     again = run_main("--epochs", "2", out_dir=tmp_path / "b")
     other = run_main("--epochs", "2", "--seed", "1", out_dir=tmp_path / "c")
     assert metrics(first["history"]) == metrics(again["history"])
     assert metrics(first["history"]) != metrics(other["history"])
 
 
-def test_resume_repeats_the_uninterrupted_run(run_main, tmp_path, capsys):
-    straight = run_main("--epochs", "3", out_dir=tmp_path / "straight")
+def test_resume_repeats_the_uninterrupted_run(shared_run, run_main, tmp_path, capsys):
+    straight = shared_run("--epochs", "3")
     run_main("--epochs", "1", out_dir=tmp_path / "split")
     resumed = run_main("--epochs", "3", "--resume", out_dir=tmp_path / "split")
     assert "resuming after epoch 1" in capsys.readouterr().out
@@ -74,25 +69,27 @@ def test_resume_repeats_the_uninterrupted_run(run_main, tmp_path, capsys):
     assert resumed["final_test_acc"] == straight["final_test_acc"]
 
 
-def test_eval_only_retests_the_saved_model_without_training(run_main, tmp_path, capsys):
-    trained = run_main("--epochs", "1", out_dir=tmp_path / "out")
+@pytest.mark.figures
+def test_eval_only_retests_the_saved_model_without_training(drawn_run, run_main, copy_of, capsys):
+    trained = drawn_run["result"]
+    out_dir = copy_of(drawn_run["out_dir"])
     for figure in trained["figures"].values():
-        figure.unlink()
+        (out_dir / figure.name).unlink()
     capsys.readouterr()
-    again = run_main("--eval-only", out_dir=tmp_path / "out")
+    again = run_main("--eval-only", out_dir=out_dir)
     printed = capsys.readouterr().out
     assert "epoch " not in printed  # no training line
     assert again["final_test_acc"] == trained["final_test_acc"]
     assert all(path.exists() for path in again["figures"].values())
 
 
-def test_every_lstm_flag_trains_end_to_end_and_reloads(run_main, tmp_path):
+def test_every_lstm_flag_trains_end_to_end_and_reloads(shared_run, run_main, copy_of):
     flags = ["--bidirectional", "--n-layer", "3", "--dropout", "0.2", "--no-bias", "--no-batch-first"]
-    result = run_main("--epochs", "1", *flags, out_dir=tmp_path / "out")
+    result = shared_run("--epochs", "1", *flags)
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
     assert checkpoint["hparams"] == {"hidden_dim": 16, "n_layer": 3, "dropout": 0.2, "bidirectional": True,
                                      "bias": False, "batch_first": False, "cell": "lstm", "pad_rows": 0}
-    again = run_main("--eval-only", *flags, out_dir=tmp_path / "out")
+    again = run_main("--eval-only", *flags, out_dir=copy_of(result["out_dir"]))
     assert again["final_test_acc"] == result["final_test_acc"]
 
 
@@ -126,8 +123,8 @@ def test_val_size_holds_out_training_images_and_reports_on_them(run_main, tiny_d
     assert not (torch.cdist(val_images, train_images).min(dim=1).values == 0).any()  # disjoint
 
 
-def test_one_cycle_warms_up_anneals_and_resumes_exactly(run_main, tmp_path, monkeypatch):
-    straight = run_main("--epochs", "3", "--one-cycle", out_dir=tmp_path / "straight")
+def test_one_cycle_warms_up_anneals_and_resumes_exactly(shared_run, run_main, tmp_path, monkeypatch):
+    straight = shared_run("--epochs", "3", "--one-cycle")
     checkpoint = torch.load(straight["checkpoint"], weights_only=True)
     lr = lstm_mnist.DEFAULTS["lr"]
     assert checkpoint["settings"]["one_cycle"] is True
@@ -150,7 +147,7 @@ def test_one_cycle_warms_up_anneals_and_resumes_exactly(run_main, tmp_path, monk
     monkeypatch.setattr(lstm_mnist, "save_checkpoint", save)
     resumed = run_main("--epochs", "3", "--one-cycle", "--resume", out_dir=tmp_path / "split")
     assert metrics(resumed["history"]) == metrics(straight["history"])
-    assert metrics(resumed["history"]) != metrics(run_main("--epochs", "3", out_dir=tmp_path / "constant")["history"])
+    assert metrics(resumed["history"]) != metrics(shared_run("--epochs", "3")["history"])
 
 
 @pytest.mark.skipif(not HAS_REAL_DATA, reason=f"real MNIST not found in {REAL_DATA}")
@@ -177,9 +174,8 @@ def test_evaluate_switches_dropout_off_itself():
     assert first[0] == pytest.approx(expected, rel=1e-5)
 
 
-def test_the_final_test_prints_the_tutorials_lines_and_a_loss(run_main, capsys):
-    result = run_main("--epochs", "1")
-    printed = capsys.readouterr().out.splitlines()
+def test_the_final_test_prints_the_tutorials_lines_and_a_loss(drawn_run):
+    result, printed = drawn_run["result"], drawn_run["printed"]
     assert "Final Test" in printed
     assert f"final test loss: {result['test_loss']:.4f}" in printed
     assert printed.index("Final Test") < printed.index(f"final test loss: {result['test_loss']:.4f}")
@@ -203,9 +199,8 @@ def test_rnn_pth_loads_with_the_tutorials_own_lines(run_main, tiny_data, tmp_pat
     assert all(torch.equal(weights[name], checkpoint["model"][name]) for name in weights)
 
 
-def test_section_8_prints_the_label_scores_and_prediction_of_test_image_0(run_main, tiny_data, capsys):
-    result = run_main("--epochs", "1")
-    printed = capsys.readouterr().out
+def test_section_8_prints_the_label_scores_and_prediction_of_test_image_0(drawn_run, tiny_data):
+    result, printed = drawn_run["result"], "\n".join(drawn_run["printed"]) + "\n"
     images, labels = lstm_mnist.load_split(tiny_data, "mnist", train=False)
     with torch.no_grad():
         scores = result["model"].eval()(images[:1])[0]
