@@ -394,7 +394,7 @@ def draw_figures(model, test_loader, history, class_names, out_dir, show):
     paths = {name: Path(out_dir) / f"{name}.png"
              for name in ("predictions", "scores", "curves", "reading", "gates", "mistakes")}
     plot_scores(model, images[0], int(labels[0]), class_names, paths["scores"])  # 教學的那個例子
-    draw_more_figures(model, test_loader, history, class_names, paths)  # Part 1: 其他五張圖
+    draw_more_figures(model, test_loader, history, class_names, paths)  # Part 1: 其他的圖
     for path in paths.values():
         print(f"saved {path}")
     if show:
@@ -977,7 +977,12 @@ def load_trained(out_dir, args):
         raise RunError(f"no trained model in {out_dir} (no RNN.pth); train first: {train} "
                        f"(add --epochs 1 for a quick one)")
     if checkpoint_file.is_file():  # Part 3: refuses a damaged file, another data set, other flags
-        checkpoint = load_checkpoint(checkpoint_file, args)
+        # The model is the one checkpoint.pt records: only model flags typed (not left at their
+        # defaults) are checked against it, so `--predict` alone reads a --cell gru run too.
+        parser = build_parser()
+        typed = {key: flag for key, flag in MODEL_FLAGS.items()
+                 if getattr(args, key) != parser.get_default(key)}
+        checkpoint = load_checkpoint(checkpoint_file, args, typed)
         hparams = checkpoint["hparams"]
         epochs = checkpoint["epoch"]
         record = f"{epochs} epoch{'s' if epochs != 1 else ''}, {checkpoint_file}"
@@ -2148,8 +2153,8 @@ def random_state(generator, device):
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def load_checkpoint(path, args):
-    """The checkpoint at `path` as a dict, after checking it was made for this model."""
+def load_checkpoint(path, args, model_flags=MODEL_FLAGS):
+    """The checkpoint at `path` as a dict, after checking it was made for this model (`model_flags`)."""
     if not Path(path).is_file():
         raise RunError(f"no checkpoint at {path}; train first (without --eval-only / --resume)")
     checkpoint = read_weights_only(path)
@@ -2166,7 +2171,7 @@ def load_checkpoint(path, args):
     if checkpoint["dataset"] != args.dataset:
         raise RunError(f"{path} was trained on {checkpoint['dataset']}, not {args.dataset}; "
                        f"pass --dataset {checkpoint['dataset']}")
-    refuse_changes(path, checkpoint["hparams"], args, MODEL_FLAGS, "pass the same model flags")
+    refuse_changes(path, checkpoint["hparams"], args, model_flags, "pass the same model flags")
     return checkpoint
 
 

@@ -273,6 +273,13 @@ def test_other_model_flags_are_refused(model_copy, tmp_path, capsys):
     assert "n_layer=2" in err and "pass the same model flags: --n-layer 2" in err
 
 
+def test_the_model_flags_left_out_are_the_checkpoints(model_copy, tmp_path, capsys):
+    # The checkpoint records --hidden-dim 16: --predict without it builds that model, not the default 128.
+    result = lstm_mnist.main(["--predict", str(tmp_path / "seven.png"), "--out-dir", str(model_copy),
+                              "--device", "cpu"])
+    assert len(result["predictions"]) == 1 and "error" not in capsys.readouterr().err
+
+
 def test_an_rnn_pth_of_another_model_is_refused(model_copy, tmp_path, capsys):
     torch.save(lstm_mnist.RNN(28, 32, 2, 10).state_dict(), model_copy / "RNN.pth")  # checkpoint.pt says 16
     err = fails(capsys, predict_argv(model_copy, tmp_path / "seven.png"), 1)
