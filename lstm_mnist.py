@@ -1197,7 +1197,7 @@ def plot_predict(model, done, path):
 #   memory.png         (every run) how much the answer depends on each row it read;
 #   --compare-cells    lstm, gru and rnn trained one after another: one table and cells.png.
 # The default run never meets this code: build_model makes the tutorial's RNN for --cell lstm, K = 0.
-# 教學文說簡單的 RNN 會忘記序列前段，LSTM 解決了這個問題。這裡把 nn.LSTM 換成 nn.GRU 或 nn.RNN，
+# 教學說簡單的 RNN 會忘記序列前段，LSTM 解決了這個問題。這裡把 nn.LSTM 換成 nn.GRU 或 nn.RNN，
 # 在每張圖後面補 K 列零（答案要在數字結束 K 步之後才給），再量一量誰還記得前面的列。
 # nn.RNN is the tutorial's simple RNN: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), no gates, no c.
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
