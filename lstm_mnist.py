@@ -391,8 +391,8 @@ def draw_figures(model, test_loader, history, class_names, out_dir, show):
     """scores.png here, the other figures in Part 1; returns {name: path}."""
     use_windows(show)  # Part 1: draw to files only, unless --show asks for windows too
     images, labels = test_loader.dataset.tensors
-    paths = {name: Path(out_dir) / f"{name}.png"
-             for name in ("predictions", "scores", "curves", "reading", "gates", "mistakes")}
+    names = ("predictions", "scores", "curves", "reading", "gates", "mistakes", "memory")
+    paths = {name: Path(out_dir) / f"{name}.png" for name in names}
     plot_scores(model, images[0], int(labels[0]), class_names, paths["scores"])  # 教學的那個例子
     draw_more_figures(model, test_loader, history, class_names, paths)  # Part 1: 其他的圖
     for path in paths.values():
@@ -835,32 +835,33 @@ def draw_more_figures(model, test_loader, history, class_names, paths):
     images, labels = test_loader.dataset.tensors
     plot_predictions(model, images, labels, class_names, paths["predictions"])
     plot_curves(history, paths["curves"])
-    if not draw_inside_figures(model, test_loader, class_names, paths):
-        del paths["reading"]
+    draw_inside_figures(model, test_loader, class_names, paths)
 
 
 def draw_inside_figures(model, test_loader, class_names, paths):
-    """reading.png, gates.png, mistakes.png and memory.png; returns False if reading.png does not apply."""
+    """reading.png, gates.png, mistakes.png and memory.png; a figure that does not apply leaves `paths`."""
     images, labels = test_loader.dataset.tensors
     probs = predict(model, test_loader)  # (N, n_class): the whole test set, once, in batches
-    paths["memory"] = paths["mistakes"].with_name("memory.png")  # "Why an LSTM", at the end of this part
-    plot_memory(model, test_loader, paths["memory"])
+    plot_memory(model, test_loader, paths["memory"])  # "Why an LSTM", at the end of this part
     if isinstance(recurrent_layer(model), nn.LSTM):
         plot_gates(model, images[0], int(labels[0]), class_names, paths["gates"])
     else:  # --cell gru / rnn: lstm_by_hand computes an LSTM's gates, which these cells do not have
-        print(f"gates.png skipped: it shows an LSTM's gates, computed by hand; this model is "
-              f"nn.{type(recurrent_layer(model)).__name__}")
-        del paths["gates"]
+        skip_figure(paths, "gates", "it shows an LSTM's gates, computed by hand; this model is "
+                                    f"nn.{type(recurrent_layer(model)).__name__}")
     plot_mistakes(images, labels, probs, class_names, paths["mistakes"])
     if model.bidirectional:
         # At row t the backward direction has already read every row: no partial reading to show.
-        removed = "; removed the earlier run's" if paths["reading"].exists() else ""
-        paths["reading"].unlink(missing_ok=True)  # an earlier run's, not this model's
-        print("reading.png skipped: with --bidirectional the output at row t has read the whole "
-              f"image{removed}")
-        return False
-    plot_reading(model, images, labels, probs, class_names, paths["reading"])
-    return True
+        skip_figure(paths, "reading", "with --bidirectional the output at row t has read the whole image")
+    else:
+        plot_reading(model, images, labels, probs, class_names, paths["reading"])
+
+
+def skip_figure(paths, name, why):
+    """Leave name.png out of this run's figures, and remove an earlier run's: it is not this model's."""
+    path = paths.pop(name)
+    removed = "; removed the earlier run's" if path.exists() else ""
+    path.unlink(missing_ok=True)
+    print(f"{name}.png skipped: {why}{removed}")
 
 
 def use_windows(show):
