@@ -15,26 +15,23 @@ about 95-96% after the first epoch.
 
 How to read it: sections 0 to 8 are the tutorial's code sections, in its order, each
 banner carrying its heading; `main()` follows as the table of contents. That is the
-learner's path. After `main()` come three marked parts: Part 1, inside the LSTM
-(optional reading); Part 2, beyond the tutorial's recipe (the opt-in flags, and the fast
-data loader, DATASETS and the no-op Levers every run uses);
-Part 3, plumbing a learner may skip. `python lstm_mnist.py --help` lists every flag.
+learner's path. After `main()` come five marked parts, each holding one kind of thing:
+Part 1, inside the LSTM (optional reading); Part 2, why an LSTM (a plain RNN and a GRU
+beside it); Part 3, your own handwriting (--predict); Part 4, beyond the tutorial's
+recipe (opt-in flags); Part 5, plumbing a learner may skip. `--help` lists every flag.
 
 怎麼讀這個檔案：從「# 0.」讀到 main() 結束，對應教學的程式碼，段落的順序和標題都和教學一樣；
-在編輯器裡搜尋教學的標題（例如「訓練和測試過程」）就能跳到對應的段落，主線上的重點大多有中文註解。
-main() 之後有三個標示清楚的部分：Part 1「LSTM 的內部」是選讀，把教學的理論（形狀表、手算 LSTM
-單元、逐列閱讀與閘門的圖）寫成可以執行的程式；Part 2「教學的訓練設定之外」是要加參數才會啟用的
-功能（例如 --recipe fast）；其中 make_loader、DATASETS、EVAL_BATCH_SIZE 和 Levers（不加參數時
-什麼都不改）每次都會用到。Part 3 是檢查、安全存檔、
-接續訓練和命令列等雜務，初學者可以跳過。教學說的「每一行」（影像橫的一排）在這裡叫「每一列」
-（row：橫的一列 28 個像素），也就是一個時間步。
+在編輯器裡搜尋教學的標題（例如「訓練和測試過程」）就能跳到對應的段落。main() 之後有五個部分：
+Part 1「LSTM 的內部」（選讀）、Part 2「為什麼用 LSTM」、Part 3「用自己的手寫數字試試看」、
+Part 4「教學的訓練設定之外」（要加參數才會啟用）、Part 5「雜務」（初學者可以跳過）。
+教學說的「每一行」（影像橫的一排）在這裡叫「每一列」（row：橫的一列 28 個像素），也就是一個時間步。
 """
 
 # ---------------------------------------------------------------------------
 # 0. Imports (參照庫檔案)
 # ---------------------------------------------------------------------------
 # The tutorial's `optim.Adam` is `torch.optim.Adam` (section 4), its `T.ToTensor()` is
-# `.float().div(255)` (section 2). Most standard-library modules serve only Part 3.
+# `.float().div(255)` (section 2). Most standard-library modules serve only Part 5.
 # torchvision 和 matplotlib 在用到它們的函式裡才匯入（import），所以匯入這個檔案很快。
 
 import argparse
@@ -59,7 +56,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 # ---------------------------------------------------------------------------
 # The defaults, listed once: the tutorial's values, which the flags only override.
 # 預設值只寫一次；命令列參數只會覆蓋它們。數值就是教學的設定，印出的數字才能和教學對照。
-# 教學的 num_epoches 拼錯了，這裡叫 epochs。教學以外、要加參數才會啟用的功能，預設值在 Part 2 開頭。
+# 教學的 num_epoches 拼錯了，這裡叫 epochs。教學以外、要加參數才會啟用的功能，預設值在 Part 4 開頭。
 DEFAULTS = {
     # The tutorial's recipe. 教學的訓練設定
     "batch_size": 100,  # images per training step (批次大小)
@@ -109,9 +106,9 @@ def load_split(data_dir, dataset, train):
     from torchvision import datasets
 
     class_name = DATASETS[dataset][0]  # "MNIST" (or "FashionMNIST")
-    ensure_raw_files(data_dir, class_name, train)  # Part 3: download if missing, check the files
+    ensure_raw_files(data_dir, class_name, train)  # Part 5: download if missing, check the files
     data = getattr(datasets, class_name)(data_dir, train=train)  # datasets.MNIST(root, train)
-    check_labels(data, data_dir, class_name, train)  # Part 3: 只用 raw 檔；每張圖都有 0–9 的標籤
+    check_labels(data, data_dir, class_name, train)  # Part 5: 只用 raw 檔；每張圖都有 0–9 的標籤
     # 沒有通道維度：MNIST 是單通道的灰階圖，教學每批用 img.squeeze(1) 去掉它；
     # 這裡一開始就是 (N, 28, 28)。
     images = data.data.float().div(255)  # what ToTensor does: uint8 0..255 -> float 0..1
@@ -126,13 +123,13 @@ def load_data(data_dir, dataset, device, batch_size, seed, max_batches=None, val
         n_test = max_batches * batch_size
         test_images, test_labels = test_images[:n_test], test_labels[:n_test]
     val_loader = None
-    if val_size:  # Part 2: choose settings on held-out training images, never on the test set
+    if val_size:  # Part 4: choose settings on held-out training images, never on the test set
         (val_images, val_labels), (train_images, train_labels) = hold_out(
             train_images, train_labels, val_size)
         val_loader = make_loader(val_images.to(device), val_labels.to(device), EVAL_BATCH_SIZE,
                                  shuffle=False)
     generator = torch.Generator().manual_seed(seed)  # the data order's own random numbers
-    # make_loader (Part 2) = DataLoader(dataset, batch_size, shuffle), over tensors on the device.
+    # make_loader (Part 5) = DataLoader(dataset, batch_size, shuffle), over tensors on the device.
     # 訓練資料每個 epoch 重新洗牌（shuffle=True），測試資料不洗牌，和教學一樣。
     train_loader = make_loader(train_images.to(device), train_labels.to(device), batch_size,
                                shuffle=True, generator=generator, max_batches=max_batches)
@@ -204,11 +201,10 @@ class RNN(nn.Module):
 
 
 def build_model(hparams):
-    """An RNN from a dict of nn.LSTM's flags; by default the tutorial's RNN(28, 128, 2, 10)."""
-    if needs_cell_model(hparams): return build_cell_model(hparams)  # Part 1: --cell, --pad-rows
-    return RNN(IN_DIM, hparams["hidden_dim"], hparams["n_layer"], N_CLASS,
-               dropout=hparams["dropout"], bidirectional=hparams["bidirectional"],
-               bias=hparams["bias"], batch_first=hparams["batch_first"])
+    """The model of a dict of the model flags (MODEL_FLAGS); by default RNN(28, 128, 2, 10)."""
+    if hparams["cell"] != "lstm" or hparams["pad_rows"]:
+        return CellModel(hparams)  # Part 2: --cell gru / rnn, --pad-rows
+    return RNN(IN_DIM, hparams["hidden_dim"], hparams["n_layer"], N_CLASS, **lstm_options(hparams))
 
 
 # ---------------------------------------------------------------------------
@@ -220,7 +216,7 @@ def make_criterion_and_optimizer(model, lr, weight_decay=0.0):
     # 損失函數接收的是原始分數（logits），自己會做 log-softmax（教學說的「softmax 損失函數」），
     # 所以模型最後不必加 softmax。它傳回的是這一批的平均損失。
     criterion = nn.CrossEntropyLoss()
-    if weight_decay:  # Part 2: --weight-decay uses AdamW (Adam with decoupled weight decay)
+    if weight_decay:  # Part 4: --weight-decay uses AdamW (Adam with decoupled weight decay)
         return criterion, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     return criterion, torch.optim.Adam(model.parameters(), lr=lr)  # 教學的 optim.Adam
 
@@ -234,9 +230,9 @@ def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interv
                     epoch_label=""):
     """One pass over `loader`; returns (train_loss per image, train_acc in %, images seen).
 
-    Without `levers` (Part 2: the opt-in flags) each step is the tutorial's.
+    Without `levers` (Part 4: the opt-in flags) each step is the tutorial's.
     """
-    levers = levers or Levers()  # 不加 Part 2 的參數時 Levers() 什麼都不改：每一步就是教學的寫法
+    levers = levers or Levers()  # 不加 Part 4 的參數時 Levers() 什麼都不改：每一步就是教學的寫法
     model.train()  # 訓練模式：有 dropout 的話會開啟
     device = next(model.parameters()).device
     # 教學的 train_loss、train_acc 累加值；留在裝置上，不必每批都等 GPU 算完再 .item()。
@@ -244,8 +240,8 @@ def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interv
     num_correct = torch.zeros((), dtype=torch.long, device=device)
     num_seen = 0
     for i, (images, labels) in enumerate(loader, 1):  # images: (batch, 28, 28), labels: (batch,)
-        images = levers.augment(images)  # Part 2, --augment: warped at random; else unchanged
-        with levers.autocast:  # Part 2, --amp: mixed precision; else does nothing
+        images = levers.augment(images)  # Part 4, --augment: warped at random; else unchanged
+        with levers.autocast:  # Part 4, --amp: mixed precision; else does nothing
             out = model(images)  # (batch, 10) scores. 前向傳播，得到每一類的分數
         loss = criterion(out.float(), labels)  # 這一批的平均損失（--amp 時先轉回 float32）
         optimizer.zero_grad()  # 梯度清零
@@ -299,10 +295,10 @@ def fit(run, loaders, criterion, args):
         print(f"epoch {epoch:>2}/{args.epochs} | train loss {train_loss:.4f} "
               f"acc {train_acc:.2f}% | {split} loss {eval_loss:.4f} acc {eval_acc:.2f}% | "
               f"{seconds:.1f} s, {num_seen / train_seconds:.0f} img/s")
-        # Part 3：把這個 epoch 的結果記進 run.history（checkpoint.pt 和 curves.png 會用到）。
+        # Part 5：把這個 epoch 的結果記進 run.history（checkpoint.pt 和 curves.png 會用到）。
         run.end_epoch(epoch, train_loss, train_acc, split, eval_loss, eval_acc, seconds)
         # 每個 epoch 結束都存 checkpoint.pt（整個訓練狀態），中斷後可以用 --resume 接續訓練。
-        save_checkpoint(run, args.out_dir)  # Part 3
+        save_checkpoint(run, args.out_dir)  # Part 5
 
 
 # ---------------------------------------------------------------------------
@@ -317,7 +313,7 @@ def save_model(model, out_dir):
     # 只存權重（state_dict），不存模型物件；重新載入時先建一個新的 RNN，再把權重放進去（第 7 段）。
     # 存成 CPU 張量：在 GPU 上訓練的檔案，筆電用教學那一行 torch.load 也讀得到。
     weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    with atomic_file(path) as f:  # Part 3: a temporary file, renamed to RNN.pth once complete
+    with atomic_file(path) as f:  # Part 5: a temporary file, renamed to RNN.pth once complete
         torch.save(weights, f)
     print(f"saved {path}")
     return path
@@ -409,15 +405,15 @@ def draw_figures(model, test_loader, history, class_names, out_dir, show):
 
 def main(argv=None):
     """Run the tutorial's pipeline with the flags in `argv` (default: the command line)."""
-    # 整個流程的目錄：依序呼叫第 1 到第 8 段；標 Part 1/2/3 的函式在 main() 後面，可以先跳過。
-    argv = command_line(argv)  # Part 3: sys.argv[1:] ([] in a Jupyter notebook)
-    args = parse_args(argv)  # Part 3: the flags override DEFAULTS; each is checked first
-    with one_line_errors() as ctrl_c:  # Part 3: a problem you can fix: one line, no traceback
-        if (result := side_trip(args)) is not None:  # Part 1: --show-shapes, then stop
+    # 整個流程的目錄：依序呼叫第 1 到第 8 段；標 Part 1 到 5 的函式在 main() 後面，可以先跳過。
+    argv = command_line(argv)  # Part 5: sys.argv[1:] ([] in a Jupyter notebook)
+    args = parse_args(argv)  # Part 5: the flags override DEFAULTS; each is checked first
+    with one_line_errors() as ctrl_c:  # Part 5: a problem you can fix: one line, no traceback
+        if (result := side_trip(args)) is not None:  # Part 5: --show-shapes, --predict...
             return result
         # 1. 超參設定: the device (the tutorial's use_gpu), the device: and config: lines, the seed
         device = pick_device(args.device)
-        precision = prepare_run(args, device)  # Part 3: 印 device:、config:；--amp 的設定
+        precision = prepare_run(args, device)  # Part 5: 印 device:、config:；--amp 的設定
         torch.manual_seed(args.seed)  # 固定初始權重和 dropout 的亂數（資料順序另有 generator）
         # 2. MINST數據集匯入
         loaders = load_data(args.data_dir, args.dataset, device, args.batch_size, args.seed,
@@ -426,11 +422,11 @@ def main(argv=None):
         model = build_model(model_hparams(args)).to(device)  # model_hparams: nn.LSTM 的參數
         # 4. 定義損失函數和優化器
         criterion, optimizer = make_criterion_and_optimizer(model, args.lr, args.weight_decay)
-        # 5. 訓練和測試過程。run 把 model、optimizer、Part 2 的 levers、epoch、history 包在一起；
-        # --resume / --eval-only 時從 checkpoint.pt 讀回（Part 3）
+        # 5. 訓練和測試過程。run 把 model、optimizer、Part 4 的 levers、epoch、history 包在一起；
+        # --resume / --eval-only 時從 checkpoint.pt 讀回（Part 5）
         run = start_run(model, optimizer, loaders, args, precision)
         if not args.eval_only:
-            with explain_interrupt(run, argv, ctrl_c):  # Part 3: Ctrl-C says how to go on
+            with explain_interrupt(run, argv, ctrl_c):  # Part 5: Ctrl-C says how to go on
                 fit(run, loaders, criterion, args)
         # 6. 儲存模型: the trained model (with --ema, its average)
         path = save_model(run.tested, args.out_dir)
@@ -449,31 +445,10 @@ def main(argv=None):
 
 # ===========================================================================
 # Part 1. Inside the LSTM (optional reading; 選讀：LSTM 的內部)
-# For the learner who wants to see what the tutorial's theory means in numbers: the
-# shape table of nn.LSTM (--show-shapes), one LSTM step computed by hand from nn.LSTM's
-# own weights, and the figures beyond the tutorial's one example. Nothing on the
-# learner's path needs you to read this part. Its last subsection, "Why an LSTM", puts a
-# plain RNN and a GRU beside the LSTM (--cell, --pad-rows, memory.png, --compare-cells).
+# For the learner who wants the tutorial's theory in numbers: the nn.LSTM shape table
+# (--show-shapes), one LSTM step computed by hand from nn.LSTM's own weights, and the
+# figures beyond the tutorial's one example. Nothing on the learner's path needs it.
 # ===========================================================================
-
-# The flags of "Why an LSTM" (the end of this part); the rest of DEFAULTS (section 1), like BEYOND_DEFAULTS.
-CELL_DEFAULTS = {
-    "cell": "lstm",  # the recurrent layer: lstm (the tutorial's), gru, or rnn (a plain tanh RNN)
-    "pad_rows": 0,  # K rows of zeros after each image's 28: the answer comes K steps after the digit
-    "compare_cells": False,  # train lstm, gru and rnn with the same flags, one table and cells.png
-}
-
-
-def side_trip(args):
-    """The flags that do something else than the tutorial's run: their result, or None to run it."""
-    if args.show_shapes:  # the tutorial's nn.LSTM shape table for these flags
-        return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
-    if getattr(args, "predict", None):  # your own digit images; absent from args unless given
-        return predict_images(args)
-    if args.compare_cells:  # lstm, gru and rnn, one after another
-        return compare_cells(args)
-    return None
-
 
 def show_shapes(hparams, batch_size):
     """Run one batch through the LSTM and print the tutorial's shape table; return the shapes.
@@ -487,7 +462,7 @@ def show_shapes(hparams, batch_size):
     num_directions = 2 if lstm.bidirectional else 1
     # Shapes do not depend on pixel values, so a random batch stands in for MNIST.
     images = torch.rand(batch_size, SEQ_LEN, IN_DIM)
-    rows = with_zero_rows(images, getattr(model, "pad_rows", 0))  # (batch, 28 + K, 28); K = 0: images
+    rows = padded(model, images)  # (batch, 28 + K, 28); K = 0: images
     inputs = rows if lstm.batch_first else rows.transpose(0, 1)
     h_0 = torch.zeros(lstm.num_layers * num_directions, batch_size, lstm.hidden_size)
     c_0 = torch.zeros_like(h_0) if is_lstm else None  # only an LSTM has a cell state c
@@ -669,7 +644,7 @@ def probs_while_reading(model, images):
     --bidirectional, whose backward direction has read the whole image at every row.)
     """
     model.eval()
-    rows = with_zero_rows(images, getattr(model, "pad_rows", 0))  # --pad-rows K: (batch, 28 + K, 28)
+    rows = padded(model, images)  # --pad-rows K: (batch, 28 + K, 28)
     inputs = rows if model.batch_first else rows.transpose(0, 1)
     output, _ = recurrent_layer(model)(inputs)  # (batch, 28, hidden), or (28, batch, hidden)
     if not model.batch_first:
@@ -748,7 +723,7 @@ def plot_gates(model, image, label, class_names, path):
     import matplotlib.pyplot as plt
 
     lstm = model.eval().lstm
-    inputs = with_zero_rows(image.unsqueeze(0), getattr(model, "pad_rows", 0))  # (1, 28 + K rows, 28)
+    inputs = padded(model, image.unsqueeze(0))  # (1, 28 + K rows, 28)
     image = inputs[0]  # drawn with its zero rows, beside the gates at every row
     with torch.inference_mode():
         _, _, gates = lstm_by_hand(lstm, inputs if lstm.batch_first else inputs.transpose(0, 1))
@@ -883,6 +858,262 @@ def show_figures(paths):
     plt.show()
 
 
+# ===========================================================================
+# Part 2. Why an LSTM (為什麼用 LSTM，不用簡單的 RNN？)
+# For the learner who asks whether the tutorial's claim holds: a plain RNN and a GRU in
+# nn.LSTM's place (--cell), rows of zeros that make the model remember longer (--pad-rows),
+# memory.png (every run) and --compare-cells, which trains the three cells side by side.
+# ===========================================================================
+
+# The flags of this part; the rest of DEFAULTS (section 1), like BEYOND_DEFAULTS (Part 4).
+CELL_DEFAULTS = {
+    "cell": "lstm",  # the recurrent layer: lstm (the tutorial's), gru, or rnn (a plain tanh RNN)
+    "pad_rows": 0,  # K rows of zeros after each image's 28: the answer comes K steps after the digit
+    "compare_cells": False,  # train lstm, gru and rnn with the same flags, one table and cells.png
+}
+
+
+# --- Why an LSTM: a plain RNN and a GRU beside it (為什麼用 LSTM，不用簡單的 RNN？) -------
+# The tutorial says a simple RNN forgets the early part of a sequence, and that the LSTM solves
+# this (它解決了RNN會遺忘序列前段資訊的問題). These flags measure the claim instead of taking it on trust:
+#   --cell gru / rnn   nn.GRU or nn.RNN (tanh, no gates) where nn.LSTM was: same sizes, same flags;
+#   --pad-rows K       K rows of zeros after each image's 28, so the answer comes K steps after
+#                      the digit ended: the memory the tutorial speaks of, as long as you like;
+#   memory.png         (every run) how much the answer depends on each row it read;
+#   --compare-cells    lstm, gru and rnn trained one after another: one table and cells.png.
+# The default run never meets this code: build_model makes the tutorial's RNN for --cell lstm, K = 0.
+# 教學說簡單的 RNN 會忘記序列前段，LSTM 解決了這個問題。這裡把 nn.LSTM 換成 nn.GRU 或 nn.RNN，
+# 在每張圖後面補 K 列零（答案要在數字結束 K 步之後才給），再量一量誰還記得前面的列。
+# nn.RNN is the tutorial's simple RNN: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), no gates, no c.
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+MEMORY_IMAGES = 1000  # memory.png: the first this many test images (all of a smaller test set)
+MEMORY_BAND = (0.1, 0.9)  # memory.png: the band between these quantiles over the images
+MEMORY_SEED = 0  # memory.png: the seed of the untrained model drawn beside the trained one
+
+
+def with_zero_rows(images, pad_rows):
+    """(batch, 28, 28) -> (batch, 28 + pad_rows, 28): pad_rows rows of zeros after the last row."""
+    if not pad_rows:
+        return images
+    return torch.cat([images, images.new_zeros(images.shape[0], pad_rows, images.shape[2])], dim=1)
+
+
+class CellModel(nn.Module):
+    """The tutorial's RNN with nn.GRU or nn.RNN in nn.LSTM's place (--cell), reading K zero rows
+    after each image (--pad-rows K). Still classifies from the top layer's output at the last step.
+
+    The recurrent layer is registered under the cell's name, so the state_dict's keys say what
+    it is: lstm.* (as in RNN), gru.* or rnn.*; the classifier keeps the tutorial's classifer.*.
+    """
+
+    def __init__(self, hparams):
+        super().__init__()
+        self.cell, self.pad_rows = hparams["cell"], hparams["pad_rows"]
+        layer = CELLS[self.cell](IN_DIM, hparams["hidden_dim"], hparams["n_layer"], **lstm_options(hparams))
+        self.add_module(self.cell, layer)  # self.lstm, self.gru or self.rnn
+        self.batch_first, self.bidirectional = layer.batch_first, layer.bidirectional
+        self.classifer = nn.Linear((2 if self.bidirectional else 1) * layer.hidden_size, N_CLASS)
+
+    @property
+    def recurrent(self):
+        return getattr(self, self.cell)
+
+    def forward(self, images):  # images: (batch, 28 rows, 28 pixels)
+        return self.read(with_zero_rows(images, self.pad_rows))  # (batch, 28 + K rows, 28) in
+
+    def read(self, rows):
+        """The scores after reading `rows`, (batch, rows, 28) already padded: (batch, n_class)."""
+        inputs = rows if self.batch_first else rows.transpose(0, 1)
+        output, h_n = self.recurrent(inputs)  # nn.LSTM's second result is (h_n, c_n), the others' h_n
+        if self.cell == "lstm":
+            h_n = h_n[0]  # (n_layer * num_directions, batch, hidden_dim)
+        if self.bidirectional:  # as in RNN.forward: both directions' final states
+            return self.classifer(torch.cat([h_n[-2], h_n[-1]], dim=1))
+        return self.classifer(output[:, -1] if self.batch_first else output[-1])  # the last step's output
+
+
+def lstm_options(hparams):
+    """The model flags that go to nn.LSTM (nn.GRU, nn.RNN) as keywords."""
+    return {key: hparams[key] for key in ("dropout", "bidirectional", "bias", "batch_first")}
+
+
+def recurrent_layer(model):
+    """The model's nn.LSTM (model.lstm), or with --cell its nn.GRU / nn.RNN."""
+    return model.recurrent if isinstance(model, CellModel) else model.lstm
+
+
+def padded(model, images):
+    """The rows `model` reads: (batch, 28, 28) -> (batch, 28 + K, 28) with --pad-rows K."""
+    return with_zero_rows(images, model.pad_rows if isinstance(model, CellModel) else 0)
+
+
+def scores_of_rows(model, rows):
+    """The model's scores for rows it reads as they are, zero rows included: (batch, n_class)."""
+    return model.read(rows) if isinstance(model, CellModel) else model(rows)
+
+
+def hparams_of(model):
+    """The model flags (MODEL_FLAGS) that build_model would need to build `model` again."""
+    layer = recurrent_layer(model)
+    cell, pad_rows = (model.cell, model.pad_rows) if isinstance(model, CellModel) else ("lstm", 0)
+    return {"hidden_dim": layer.hidden_size, "n_layer": layer.num_layers, "dropout": layer.dropout,
+            "bidirectional": layer.bidirectional, "bias": layer.bias, "batch_first": layer.batch_first,
+            "cell": cell, "pad_rows": pad_rows}
+
+
+def parameter_count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_model(model):
+    """One line: the recurrent layer, its sizes, the zero rows and the number of parameters."""
+    layer, pad_rows = recurrent_layer(model), hparams_of(model)["pad_rows"]
+    padding = f", reading {pad_rows} rows of zeros after each image" if pad_rows else ""
+    return (f"model: {layer.num_layers} x {layer.hidden_size} {type(layer).__name__}{padding}; "
+            f"{parameter_count(model):,} parameters")
+
+
+def memory_profile(model, images, labels):
+    """|d score_true / d x_t| for every row t the model reads: (n_images, 28 + K rows), on the CPU.
+
+    score_true is the true class's score (the logit, before softmax); x_t is input row t, the
+    image's rows and then the K zero rows; |.| is the length (L2 norm) of the gradient over
+    the row's 28 pixels. A row the answer no longer depends on gets a gradient near 0: the
+    model has forgotten it (distill.pub, "Visualizing memorization in RNNs", uses the same measure).
+    """
+    model.eval()  # no dropout
+    rows = padded(model, images).detach().requires_grad_()  # (n, 28 + K, 28)
+    # cuDNN computes an RNN's backward only in training mode, so on CUDA this runs without it.
+    with torch.backends.cudnn.flags(enabled=False):
+        scores = scores_of_rows(model, rows)  # (n, n_class)
+        score_true = scores.gather(1, labels.view(-1, 1)).sum()  # image i's score depends on its rows only
+        (grad,) = torch.autograd.grad(score_true, rows)  # (n, 28 + K, 28): d score_true_i / d rows_i
+    return grad.norm(dim=2).cpu()  # (n, 28 + K)
+
+
+def untrained_twin(model):
+    """The same architecture at initialisation (seed MEMORY_SEED), leaving the run's random state alone."""
+    with torch.random.fork_rng(devices=[]):  # the CPU's random state is put back afterwards
+        torch.manual_seed(MEMORY_SEED)
+        twin = build_model(hparams_of(model))  # built on the CPU: no GPU random state is drawn
+    return twin.to(next(model.parameters()).device)
+
+
+def memory_curves(model, images, labels):
+    """Per row t, the median and the MEMORY_BAND quantiles of |d score_true / d x_t| over the first
+    MEMORY_IMAGES `images`, for `model` and for its untrained twin: {"trained": (3, rows), "untrained": ...}."""
+    images, labels = images[:MEMORY_IMAGES], labels[:MEMORY_IMAGES]
+    quantiles = torch.tensor([0.5, *MEMORY_BAND])
+    return {name: memory_profile(each, images, labels).quantile(quantiles, dim=0)  # (3, 28 + K)
+            for name, each in (("trained", model), ("untrained", untrained_twin(model)))}
+
+
+def draw_memory(ax, curves, label, color, band=True):
+    """One model's memory curve on `ax`: the median per row, and the band between MEMORY_BAND's quantiles."""
+    rows = range(curves.shape[1])
+    ax.plot(rows, curves[0].numpy(), color=color, label=label, linewidth=2 if band else 0.8)
+    if band:
+        ax.fill_between(rows, curves[1].numpy(), curves[2].numpy(), color=color, alpha=0.2)
+
+
+def plot_memory(model, test_loader, path):
+    """memory.png: how much the true class's score depends on each row, trained and untrained."""
+    import matplotlib.pyplot as plt
+
+    images, labels = test_loader.dataset.tensors
+    curves = memory_curves(model, images, labels)
+    name = type(recurrent_layer(model)).__name__
+    n_images = min(MEMORY_IMAGES, len(images))
+    low, high = (round(100 * q) for q in MEMORY_BAND)
+    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
+    draw_memory(ax, curves["trained"], f"trained {name}: median, {low}-{high}% band", "tab:blue")
+    draw_memory(ax, curves["untrained"], f"the same {name} untrained (seed {MEMORY_SEED}): median", "gray",
+                band=False)
+    if curves["trained"].shape[1] > SEQ_LEN:  # --pad-rows: the zero rows start here
+        ax.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
+    ax.set_yscale("log")  # the dependence fades by factors: equal steps down are equal factors
+    ax.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|  (L2 norm over the row's pixels)")
+    ax.set_title(f"How much the answer depends on each row: the gradient of the true class's score, "
+                 f"over {n_images} test images\nLow on the early rows = forgotten by the last step "
+                 f"(untrained, even an LSTM forgets: its forget gates sit near 0.5)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.savefig(path)
+    plt.close(fig)
+    return curves
+
+
+# --- --compare-cells: the three cells, one after another, with the same flags ----------
+
+
+def compare_cells(args):
+    """Train (or with --eval-only reload) lstm, gru and rnn in --out-dir/<cell>; print one table, draw cells.png."""
+    images, labels = load_split(args.data_dir, args.dataset, train=False)  # for the memory curves
+    if args.max_batches:  # the test images the runs test on (load_data's slice)
+        images, labels = images[: args.max_batches * args.batch_size], labels[: args.max_batches * args.batch_size]
+    results = {}
+    for k, cell in enumerate(CELLS, 1):
+        out_dir = Path(args.out_dir) / cell
+        print(f"=== --compare-cells: {cell} ({k}/{len(CELLS)}) in {out_dir} ===")
+        results[cell] = main([*as_argv(args, skip=("cell", "out_dir", "compare_cells")),
+                              "--cell", cell, "--out-dir", str(out_dir)])
+        model = results[cell]["model"]
+        device = next(model.parameters()).device
+        results[cell]["memory"] = memory_curves(model, images.to(device), labels.to(device))
+    rows = [{"cell": cell, "parameters": parameter_count(result["model"]),
+             "epoch_acc": [row.get("test_acc", row.get("val_acc")) for row in result["history"]],
+             "final_test_acc": result["final_test_acc"],
+             "seconds_per_epoch": sum(row["seconds"] for row in result["history"]) / max(1, len(result["history"]))}
+            for cell, result in results.items()]
+    print_cells_table(rows, "val" if args.val_size else "test")
+    path = plot_cells(results, Path(args.out_dir) / "cells.png")
+    print(f"saved {path}")
+    return {"cells": rows, "results": results, "figure": path}
+
+
+def print_cells_table(rows, split):
+    print(f"{'cell':<5} {'parameters':>10} | {split} accuracy after each epoch (%) | final test | s/epoch")
+    for row in rows:
+        epochs = " ".join(f"{acc:.2f}" for acc in row["epoch_acc"])
+        print(f"{row['cell']:<5} {row['parameters']:>10,} | {epochs} | {row['final_test_acc']:.2f}% | "
+              f"{row['seconds_per_epoch']:.1f}")
+
+
+def plot_cells(results, path):
+    """cells.png: test error per epoch (log axis) and the memory curve of each cell."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_error, ax_memory) = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
+    for (cell, result), color in zip(results.items(), ("tab:blue", "tab:orange", "tab:green")):
+        history = result["history"]
+        split = "test" if history and "test_acc" in history[0] else "val"
+        ax_error.plot([row["epoch"] for row in history], [100 - row[f"{split}_acc"] for row in history],
+                      marker="o", color=color, label=f"{cell} ({split})")
+        curves = result["memory"]
+        draw_memory(ax_memory, curves["trained"], f"{cell} trained", color)
+        draw_memory(ax_memory, curves["untrained"], f"{cell} untrained", color, band=False)
+    ax_error.set_yscale("log", nonpositive="mask")
+    ax_error.set(xlabel="epoch", ylabel="error = 100 - accuracy (%), log scale", title="error rate per epoch")
+    ax_error.set_xticks([row["epoch"] for row in history])  # whole epochs only
+    if curves["trained"].shape[1] > SEQ_LEN:  # --pad-rows: the zero rows start here
+        ax_memory.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
+    ax_memory.set_yscale("log")
+    ax_memory.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|, median and 10-90% band",
+                  title="memory: how much the answer depends on each row")
+    for ax in (ax_error, ax_memory):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ===========================================================================
+# Part 3. Your own handwriting (用自己的手寫數字試試看)
+# For the learner who wants to ask the trained model about a digit they wrote: --predict
+# reads photos and drawings, made into 28x28 images the way MNIST's were. Trains nothing.
+# ===========================================================================
+
 # --- Your own handwriting: --predict -------------------------------------------------
 # Section 8 shows the model one test image; the next thing a learner wants is to write a
 # digit on paper or in Paint and ask the LSTM. A photo resized straight to 28x28 is read
@@ -977,7 +1208,7 @@ def load_trained(out_dir, args):
         train = shell_command(["--out-dir", str(out_dir)])  # runs from any folder, on any system
         raise RunError(f"no trained model in {out_dir} (no RNN.pth); train first: {train} "
                        f"(add --epochs 1 for a quick one)")
-    if checkpoint_file.is_file():  # Part 3: refuses a damaged file, another data set, other flags
+    if checkpoint_file.is_file():  # Part 5: refuses a damaged file, another data set, other flags
         # The model is the one checkpoint.pt records: only model flags typed (not left at their
         # defaults) are checked against it, so `--predict` alone reads a --cell gru run too.
         parser = build_parser()
@@ -992,7 +1223,7 @@ def load_trained(out_dir, args):
         hparams, record = model_hparams(args), "no checkpoint.pt: the model flags given"
         misfit = "the model of the flags given (no checkpoint.pt)", "pass the flags it had"
     model = build_model(hparams)
-    state_dict = read_weights_only(weights)  # Part 3: tensors only; pickled code is never run
+    state_dict = read_weights_only(weights)  # Part 5: tensors only; pickled code is never run
     try:
         model.load_state_dict(state_dict)
     except (RuntimeError, KeyError, TypeError, AttributeError) as err:
@@ -1189,248 +1420,11 @@ def plot_predict(model, done, path):
     plt.close(fig)
 
 
-# --- Why an LSTM: a plain RNN and a GRU beside it (為什麼用 LSTM，不用簡單的 RNN？) -------
-# The tutorial says a simple RNN forgets the early part of a sequence, and that the LSTM solves
-# this (它解決了RNN會遺忘序列前段資訊的問題). These flags measure the claim instead of taking it on trust:
-#   --cell gru / rnn   nn.GRU or nn.RNN (tanh, no gates) where nn.LSTM was: same sizes, same flags;
-#   --pad-rows K       K rows of zeros after each image's 28, so the answer comes K steps after
-#                      the digit ended: the memory the tutorial speaks of, as long as you like;
-#   memory.png         (every run) how much the answer depends on each row it read;
-#   --compare-cells    lstm, gru and rnn trained one after another: one table and cells.png.
-# The default run never meets this code: build_model makes the tutorial's RNN for --cell lstm, K = 0.
-# 教學說簡單的 RNN 會忘記序列前段，LSTM 解決了這個問題。這裡把 nn.LSTM 換成 nn.GRU 或 nn.RNN，
-# 在每張圖後面補 K 列零（答案要在數字結束 K 步之後才給），再量一量誰還記得前面的列。
-# nn.RNN is the tutorial's simple RNN: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), no gates, no c.
-CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-MEMORY_IMAGES = 1000  # memory.png: the first this many test images (all of a smaller test set)
-MEMORY_BAND = (0.1, 0.9)  # memory.png: the band between these quantiles over the images
-MEMORY_SEED = 0  # memory.png: the seed of the untrained model drawn beside the trained one
-
-
-def with_zero_rows(images, pad_rows):
-    """(batch, 28, 28) -> (batch, 28 + pad_rows, 28): pad_rows rows of zeros after the last row."""
-    if not pad_rows:
-        return images
-    return torch.cat([images, images.new_zeros(images.shape[0], pad_rows, images.shape[2])], dim=1)
-
-
-class CellRNN(RNN):
-    """The tutorial's RNN with nn.GRU or nn.RNN in nn.LSTM's place (--cell), reading K zero rows
-    after each image (--pad-rows K). Still classifies from the top layer's output at the last step.
-
-    The recurrent layer is registered under the cell's name, so the state_dict's keys say what
-    it is: lstm.* (as in RNN), gru.* or rnn.*; the classifier keeps the tutorial's classifer.*.
-    """
-
-    def __init__(self, in_dim, hidden_dim, n_layer, n_class, cell="lstm", pad_rows=0, **options):
-        nn.Module.__init__(self)  # not RNN.__init__, which would build (and draw weights for) an nn.LSTM
-        self.cell, self.pad_rows = cell, pad_rows
-        self.add_module(cell, CELLS[cell](in_dim, hidden_dim, n_layer, **{"batch_first": True, **options}))
-        self.batch_first, self.bidirectional = self.recurrent.batch_first, self.recurrent.bidirectional
-        self.classifer = nn.Linear((2 if self.bidirectional else 1) * hidden_dim, n_class)
-
-    @property
-    def recurrent(self):
-        return getattr(self, self.cell)  # self.lstm, self.gru or self.rnn
-
-    def forward(self, images):  # images: (batch, 28 rows, 28 pixels)
-        return self.read(with_zero_rows(images, self.pad_rows))  # (batch, 28 + K rows, 28) in
-
-    def read(self, rows):
-        """The scores after reading `rows`, (batch, rows, 28) already padded: (batch, n_class)."""
-        inputs = rows if self.batch_first else rows.transpose(0, 1)
-        output, h_n = self.recurrent(inputs)  # nn.LSTM's second result is (h_n, c_n), the others' h_n
-        if self.cell == "lstm":
-            h_n = h_n[0]  # (n_layer * num_directions, batch, hidden_dim)
-        if self.bidirectional:  # as in RNN.forward: both directions' final states
-            return self.classifer(torch.cat([h_n[-2], h_n[-1]], dim=1))
-        return self.classifer(output[:, -1] if self.batch_first else output[-1])  # the last step's output
-
-
-def needs_cell_model(hparams):
-    """True unless the flags ask for the tutorial's own model (--cell lstm, no --pad-rows)."""
-    return hparams.get("cell", "lstm") != "lstm" or bool(hparams.get("pad_rows", 0))
-
-
-def build_cell_model(hparams):
-    """build_model's hook for --cell gru / rnn or --pad-rows K: a CellRNN with the same flags."""
-    return CellRNN(IN_DIM, hparams["hidden_dim"], hparams["n_layer"], N_CLASS, hparams["cell"], hparams["pad_rows"],
-                   dropout=hparams["dropout"], bidirectional=hparams["bidirectional"],
-                   bias=hparams["bias"], batch_first=hparams["batch_first"])
-
-
-def recurrent_layer(model):
-    """The model's nn.LSTM (model.lstm), or with --cell its nn.GRU / nn.RNN."""
-    return model.recurrent if isinstance(model, CellRNN) else model.lstm
-
-
-def scores_of_rows(model, rows):
-    """The model's scores for rows it reads as they are, zero rows included: (batch, n_class)."""
-    return model.read(rows) if isinstance(model, CellRNN) else model(rows)
-
-
-def hparams_of(model):
-    """The model flags (MODEL_FLAGS' keys) that build_model would need to build `model` again."""
-    layer = recurrent_layer(model)
-    return {"hidden_dim": layer.hidden_size, "n_layer": layer.num_layers, "dropout": layer.dropout,
-            "bidirectional": layer.bidirectional, "bias": layer.bias, "batch_first": layer.batch_first,
-            "cell": getattr(model, "cell", "lstm"), "pad_rows": getattr(model, "pad_rows", 0)}
-
-
-def parameter_count(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def describe_model(model):
-    """One line: the recurrent layer, its sizes, the zero rows and the number of parameters."""
-    layer = recurrent_layer(model)
-    pad_rows = getattr(model, "pad_rows", 0)
-    padding = f", reading {pad_rows} rows of zeros after each image" if pad_rows else ""
-    return (f"model: {layer.num_layers} x {layer.hidden_size} {type(layer).__name__}{padding}; "
-            f"{parameter_count(model):,} parameters")
-
-
-def memory_profile(model, images, labels):
-    """|d score_true / d x_t| for every row t the model reads: (n_images, 28 + K rows), on the CPU.
-
-    score_true is the true class's score (the logit, before softmax); x_t is input row t, the
-    image's rows and then the K zero rows; |.| is the length (L2 norm) of the gradient over
-    the row's 28 pixels. A row the answer no longer depends on gets a gradient near 0: the
-    model has forgotten it (distill.pub, "Visualizing memorization in RNNs", uses the same measure).
-    """
-    model.eval()  # no dropout
-    rows = with_zero_rows(images, getattr(model, "pad_rows", 0)).detach().requires_grad_()  # (n, 28 + K, 28)
-    # cuDNN computes an RNN's backward only in training mode, so on CUDA this runs without it.
-    with torch.backends.cudnn.flags(enabled=False):
-        scores = scores_of_rows(model, rows)  # (n, n_class)
-        score_true = scores.gather(1, labels.view(-1, 1)).sum()  # image i's score depends on its rows only
-        (grad,) = torch.autograd.grad(score_true, rows)  # (n, 28 + K, 28): d score_true_i / d rows_i
-    return grad.norm(dim=2).cpu()  # (n, 28 + K)
-
-
-def untrained_twin(model):
-    """The same architecture at initialisation (seed MEMORY_SEED), leaving the run's random state alone."""
-    with torch.random.fork_rng(devices=[]):  # the CPU's random state is put back afterwards
-        torch.manual_seed(MEMORY_SEED)
-        twin = build_model(hparams_of(model))  # built on the CPU: no GPU random state is drawn
-    return twin.to(next(model.parameters()).device)
-
-
-def memory_curves(model, images, labels):
-    """Per row t, the median and the MEMORY_BAND quantiles of |d score_true / d x_t| over the first
-    MEMORY_IMAGES `images`, for `model` and for its untrained twin: {"trained": (3, rows), "untrained": ...}."""
-    images, labels = images[:MEMORY_IMAGES], labels[:MEMORY_IMAGES]
-    quantiles = torch.tensor([0.5, *MEMORY_BAND])
-    return {name: memory_profile(each, images, labels).quantile(quantiles, dim=0)  # (3, 28 + K)
-            for name, each in (("trained", model), ("untrained", untrained_twin(model)))}
-
-
-def draw_memory(ax, curves, label, color, band=True):
-    """One model's memory curve on `ax`: the median per row, and the band between MEMORY_BAND's quantiles."""
-    rows = range(curves.shape[1])
-    ax.plot(rows, curves[0].numpy(), color=color, label=label, linewidth=2 if band else 0.8)
-    if band:
-        ax.fill_between(rows, curves[1].numpy(), curves[2].numpy(), color=color, alpha=0.2)
-
-
-def plot_memory(model, test_loader, path):
-    """memory.png: how much the true class's score depends on each row, trained and untrained."""
-    import matplotlib.pyplot as plt
-
-    images, labels = test_loader.dataset.tensors
-    curves = memory_curves(model, images, labels)
-    name = type(recurrent_layer(model)).__name__
-    n_images = min(MEMORY_IMAGES, len(images))
-    low, high = (round(100 * q) for q in MEMORY_BAND)
-    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
-    draw_memory(ax, curves["trained"], f"trained {name}: median, {low}-{high}% band", "tab:blue")
-    draw_memory(ax, curves["untrained"], f"the same {name} untrained (seed {MEMORY_SEED}): median", "gray",
-                band=False)
-    if curves["trained"].shape[1] > SEQ_LEN:  # --pad-rows: the zero rows start here
-        ax.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
-    ax.set_yscale("log")  # the dependence fades by factors: equal steps down are equal factors
-    ax.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|  (L2 norm over the row's pixels)")
-    ax.set_title(f"How much the answer depends on each row: the gradient of the true class's score, "
-                 f"over {n_images} test images\nLow on the early rows = forgotten by the last step "
-                 f"(untrained, even an LSTM forgets: its forget gates sit near 0.5)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.savefig(path)
-    plt.close(fig)
-    return curves
-
-
-# --- --compare-cells: the three cells, one after another, with the same flags ----------
-
-
-def compare_cells(args):
-    """Train (or with --eval-only reload) lstm, gru and rnn in --out-dir/<cell>; print one table, draw cells.png."""
-    images, labels = load_split(args.data_dir, args.dataset, train=False)  # for the memory curves
-    if args.max_batches:  # the test images the runs test on (load_data's slice)
-        images, labels = images[: args.max_batches * args.batch_size], labels[: args.max_batches * args.batch_size]
-    results = {}
-    for k, cell in enumerate(CELLS, 1):
-        out_dir = Path(args.out_dir) / cell
-        print(f"=== --compare-cells: {cell} ({k}/{len(CELLS)}) in {out_dir} ===")
-        results[cell] = main([*as_argv(args, skip=("cell", "out_dir", "compare_cells")),
-                              "--cell", cell, "--out-dir", str(out_dir)])
-        model = results[cell]["model"]
-        device = next(model.parameters()).device
-        results[cell]["memory"] = memory_curves(model, images.to(device), labels.to(device))
-    rows = [{"cell": cell, "parameters": parameter_count(result["model"]),
-             "epoch_acc": [row.get("test_acc", row.get("val_acc")) for row in result["history"]],
-             "final_test_acc": result["final_test_acc"],
-             "seconds_per_epoch": sum(row["seconds"] for row in result["history"]) / max(1, len(result["history"]))}
-            for cell, result in results.items()]
-    print_cells_table(rows, "val" if args.val_size else "test")
-    path = plot_cells(results, Path(args.out_dir) / "cells.png")
-    print(f"saved {path}")
-    return {"cells": rows, "results": results, "figure": path}
-
-
-def print_cells_table(rows, split):
-    print(f"{'cell':<5} {'parameters':>10} | {split} accuracy after each epoch (%) | final test | s/epoch")
-    for row in rows:
-        epochs = " ".join(f"{acc:.2f}" for acc in row["epoch_acc"])
-        print(f"{row['cell']:<5} {row['parameters']:>10,} | {epochs} | {row['final_test_acc']:.2f}% | "
-              f"{row['seconds_per_epoch']:.1f}")
-
-
-def plot_cells(results, path):
-    """cells.png: test error per epoch (log axis) and the memory curve of each cell."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax_error, ax_memory) = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
-    for (cell, result), color in zip(results.items(), ("tab:blue", "tab:orange", "tab:green")):
-        history = result["history"]
-        split = "test" if history and "test_acc" in history[0] else "val"
-        ax_error.plot([row["epoch"] for row in history], [100 - row[f"{split}_acc"] for row in history],
-                      marker="o", color=color, label=f"{cell} ({split})")
-        curves = result["memory"]
-        draw_memory(ax_memory, curves["trained"], f"{cell} trained", color)
-        draw_memory(ax_memory, curves["untrained"], f"{cell} untrained", color, band=False)
-    ax_error.set_yscale("log", nonpositive="mask")
-    ax_error.set(xlabel="epoch", ylabel="error = 100 - accuracy (%), log scale", title="error rate per epoch")
-    ax_error.set_xticks([row["epoch"] for row in history])  # whole epochs only
-    if curves["trained"].shape[1] > SEQ_LEN:  # --pad-rows: the zero rows start here
-        ax_memory.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
-    ax_memory.set_yscale("log")
-    ax_memory.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|, median and 10-90% band",
-                  title="memory: how much the answer depends on each row")
-    for ax in (ax_error, ax_memory):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, which="both")
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 # ===========================================================================
-# Part 2. Beyond the tutorial's recipe (opt-in flags; 教學的訓練設定之外：要加參數才會啟用)
-# For the learner who has run the tutorial's recipe and wants to go further: the
-# recipes (--recipe fast, best) and the levers they are built from, the validation
-# split, mixed precision; and the fast in-memory loader, which every run uses.
-# Every value here was chosen on a validation split, never on the test set (README).
+# Part 4. Beyond the tutorial's recipe (opt-in flags; 教學的訓練設定之外：要加參數才會啟用)
+# For the learner who has run the tutorial's recipe and wants to go further: the recipes
+# (--recipe fast, best) and the levers they are built from, the validation split, mixed
+# precision. Off by default. Every value here was chosen on a validation split (README).
 # ===========================================================================
 
 # Opt-in, beyond the tutorial's recipe: off by default, so the numbers stay the tutorial's. These
@@ -1454,57 +1448,6 @@ RECIPES = {
     "best": {"epochs": 15, "one_cycle": True, "weight_decay": 0.05, "label_smoothing": 0.1,
              "augment": True, "ema": 0.999},  # about 99.5%, the same 2x128 model
 }
-
-# --dataset: torchvision's dataset class and the names drawn in the figures.
-DATASETS = {
-    "mnist": ("MNIST", [str(digit) for digit in range(10)]),
-    "fashion-mnist": (
-        "FashionMNIST",
-        ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
-         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
-    ),
-}
-
-# --- The fast in-memory loader (used by every run) -------------------------------------
-EVAL_BATCH_SIZE = 500  # testing needs no gradients, so bigger batches (faster; README has the numbers)
-
-
-class BatchIndices(Sampler):
-    """Yields one index tensor per batch, from a fresh permutation every epoch.
-
-    The permutation is drawn on the CPU from `generator` (so the same seed gives the
-    same order on every device) and moved to the device once per epoch, not once per
-    batch.
-    """
-
-    def __init__(self, n, batch_size, shuffle, generator, device, max_batches=None):
-        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
-        self.generator, self.device, self.max_batches = generator, device, max_batches
-
-    def __len__(self):
-        n_batches = math.ceil(self.n / self.batch_size)
-        return min(n_batches, self.max_batches or n_batches)
-
-    def __iter__(self):
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=self.generator)
-        else:
-            order = torch.arange(self.n)
-        yield from order.to(self.device).split(self.batch_size)[: len(self)]
-
-
-def make_loader(images, labels, batch_size, shuffle, generator=None, max_batches=None):
-    """The tutorial's `DataLoader(dataset, batch_size=..., shuffle=...)`, made faster.
-
-    Same batches, same reshuffling every epoch, but over tensors already decoded and on
-    the device: each batch is one indexing operation instead of `batch_size` calls to
-    ToTensor and a copy to the GPU.
-    """
-    sampler = BatchIndices(len(images), batch_size, shuffle, generator, images.device, max_batches)
-    # batch_size=None: the sampler already yields whole batches of indices, and
-    # TensorDataset's __getitem__ indexes images and labels with each of them at once.
-    return DataLoader(TensorDataset(images, labels), batch_size=None, sampler=sampler)
-
 
 # --- --val-size: a validation split carved from the training set ------------------------
 VAL_SPLIT_SEED = 12345  # fixes which images --val-size holds out, whatever --seed is
@@ -1723,11 +1666,76 @@ def cpu_has(probe):
 
 
 # ===========================================================================
-# Part 3. Plumbing a learner may skip (雜務：可以跳過)
-# Input checks, the checkpoint and its validation, safe writes, resume and interrupts,
-# CPU tuning, the command line. Nothing above depends on how these work, only on what
-# their docstrings promise.
+# Part 5. Plumbing a learner may skip (雜務：可以跳過)
+# For whoever maintains the script: the flags that run something else than the tutorial's
+# run, the fast loader, input checks, the run folder and its recorded state, safe writes,
+# resume and interrupts, CPU tuning, the command line. Nothing above depends on how these
+# work, only on what their docstrings promise.
 # ===========================================================================
+
+def side_trip(args):
+    """The flags that do something else than the tutorial's run: their result, or None to run it."""
+    if args.show_shapes:  # the tutorial's nn.LSTM shape table for these flags
+        return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
+    if getattr(args, "predict", None):  # your own digit images; absent from args unless given
+        return predict_images(args)
+    if args.compare_cells:  # lstm, gru and rnn, one after another
+        return compare_cells(args)
+    return None
+
+
+# --dataset: torchvision's dataset class and the names drawn in the figures.
+DATASETS = {
+    "mnist": ("MNIST", [str(digit) for digit in range(10)]),
+    "fashion-mnist": (
+        "FashionMNIST",
+        ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
+         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    ),
+}
+
+
+# --- The fast in-memory loader (used by every run) -------------------------------------
+EVAL_BATCH_SIZE = 500  # testing needs no gradients, so bigger batches (faster; README has the numbers)
+
+
+class BatchIndices(Sampler):
+    """Yields one index tensor per batch, from a fresh permutation every epoch.
+
+    The permutation is drawn on the CPU from `generator` (so the same seed gives the
+    same order on every device) and moved to the device once per epoch, not once per
+    batch.
+    """
+
+    def __init__(self, n, batch_size, shuffle, generator, device, max_batches=None):
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.generator, self.device, self.max_batches = generator, device, max_batches
+
+    def __len__(self):
+        n_batches = math.ceil(self.n / self.batch_size)
+        return min(n_batches, self.max_batches or n_batches)
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=self.generator)
+        else:
+            order = torch.arange(self.n)
+        yield from order.to(self.device).split(self.batch_size)[: len(self)]
+
+
+def make_loader(images, labels, batch_size, shuffle, generator=None, max_batches=None):
+    """The tutorial's `DataLoader(dataset, batch_size=..., shuffle=...)`, made faster.
+
+    Same batches, same reshuffling every epoch, but over tensors already decoded and on
+    the device: each batch is one indexing operation instead of `batch_size` calls to
+    ToTensor and a copy to the GPU.
+    """
+    sampler = BatchIndices(len(images), batch_size, shuffle, generator, images.device, max_batches)
+    # batch_size=None: the sampler already yields whole batches of indices, and
+    # TensorDataset's __getitem__ indexes images and labels with each of them at once.
+    return DataLoader(TensorDataset(images, labels), batch_size=None, sampler=sampler)
+
+
 
 
 class RunError(Exception):
@@ -2007,7 +2015,7 @@ class RunState:
         self.settings["steps_per_epoch"] = len(loaders["train"])
         self.epoch, self.history = 0, []  # epochs done, and one dict of results per epoch
         self.saved_epoch = 0  # the epoch checkpoint.pt holds (0: none of this run yet)
-        print(describe_model(model))  # Part 1: the layer, its sizes and the number of parameters
+        print(describe_model(model))  # Part 2: the layer, its sizes and the number of parameters
 
     def end_epoch(self, epoch, train_loss, train_acc, split, eval_loss, eval_acc, seconds):
         """Record a finished epoch in the history (checkpoint.pt and curves.png read it)."""
@@ -2414,7 +2422,7 @@ def build_parser():
                            "(batch, seq, feature))")
     lstm.add_argument("--show-shapes", action="store_true",
                       help="print the shapes of input, h_0, c_0, output, h_n, c_n for one batch, then exit")
-    cells = parser.add_argument_group("why an LSTM: a plain RNN and a GRU beside it (Part 1)")
+    cells = parser.add_argument_group("why an LSTM: a plain RNN and a GRU beside it (Part 2)")
     cells.add_argument("--cell", choices=list(CELLS), default=d["cell"],
                        help="the recurrent layer: lstm (the tutorial's nn.LSTM), gru (nn.GRU) or rnn (nn.RNN, "
                             "tanh), with the same sizes and flags (default: %(default)s)")

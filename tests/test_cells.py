@@ -30,8 +30,8 @@ def test_parameter_counts_at_2_by_128(cell, parameters, capsys):
 
 
 def test_the_default_flags_still_build_the_tutorials_rnn_itself():
-    assert type(lstm_mnist.build_model(hparams())) is RNN  # not CellRNN: the default run never meets it
-    assert type(lstm_mnist.build_model(hparams(pad_rows=1))) is lstm_mnist.CellRNN
+    assert type(lstm_mnist.build_model(hparams())) is RNN  # not CellModel: the default run never meets it
+    assert type(lstm_mnist.build_model(hparams(pad_rows=1))) is lstm_mnist.CellModel
 
 
 def test_a_cell_model_with_the_lstm_draws_the_same_weights_as_the_tutorials_rnn():

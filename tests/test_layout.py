@@ -41,22 +41,29 @@ def test_no_plumbing_inside_the_tutorials_sections():
     assert offending == []
 
 
-PARTS = ["# Part 1. Inside the LSTM", "# Part 2. Beyond the tutorial's recipe", "# Part 3. Plumbing a learner may skip"]
+PARTS = ["# Part 1. Inside the LSTM", "# Part 2. Why an LSTM", "# Part 3. Your own handwriting",
+         "# Part 4. Beyond the tutorial's recipe", "# Part 5. Plumbing a learner may skip"]
+# What each part holds: a name defined in it, for each kind of thing it holds.
+ROOMS = [
+    ("show_shapes", "lstm_cell", "lstm_by_hand", "plot_reading", "plot_gates", "plot_mistakes"),
+    ("class CellModel", "def plot_memory(", "def compare_cells(", "CELLS = "),
+    ("def predict_images(", "def to_mnist(", "def plot_predict("),
+    ("class Levers", "def random_warp(", "def make_ema(", "def hold_out(", "def amp_context(", "RECIPES = "),
+    ("class RunState", "def restore(", "def atomic_file(", "def load_checkpoint(", "def parse_args(",
+     "def make_loader(", "def side_trip("),
+]
 
 
-def test_three_marked_parts_follow_main_in_order_each_saying_who_reads_it():
-    places = [SOURCE.index(part) for part in PARTS]
-    assert SOURCE.index("def main(") < places[0] < places[1] < places[2] < SOURCE.index("def build_parser(")
-    for part in ("show_shapes", "lstm_cell", "lstm_by_hand", "plot_reading", "plot_gates", "plot_mistakes"):
-        assert places[0] < SOURCE.index(f"def {part}(") < places[1], part
-    for part in ("class Levers", "def random_warp(", "def make_ema(", "def hold_out(", "def amp_context(",
-                 "def make_loader(", "RECIPES = "):
-        assert places[1] < SOURCE.index(part) < places[2], part
-    for part in ("class RunState", "def restore(", "def atomic_file(", "def load_checkpoint(", "def parse_args("):
-        assert places[2] < SOURCE.index(part), part
-    for part in PARTS:  # the banner's next line says who should read the part
+def test_five_marked_parts_follow_main_in_order_each_saying_who_reads_it():
+    places = [SOURCE.index(part) for part in PARTS] + [len(SOURCE)]
+    assert SOURCE.index("def main(") < places[0] and places == sorted(places)
+    for k, names in enumerate(ROOMS):
+        for name in names:
+            name = name if name.startswith(("class ", "def ")) or name.endswith("= ") else f"def {name}("
+            assert places[k] < SOURCE.index(name) < places[k + 1], (PARTS[k], name)
+    for part in PARTS:  # the banner's next lines say who should read the part
         after = SOURCE[SOURCE.index(part):].splitlines()[1]
-        assert after.startswith("# For ") or after.startswith("# Input"), after
+        assert after.startswith("# For "), after
 
 
 def learners_path():

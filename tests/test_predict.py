@@ -329,7 +329,7 @@ def real_model():
         pytest.skip(f"real MNIST not in {REAL_DATA}")
     images, labels = lstm_mnist.load_split(REAL_DATA, "mnist", train=True)
     torch.manual_seed(0)
-    model = lstm_mnist.build_model({**lstm_mnist.DEFAULTS, "hidden_dim": 32})
+    model = lstm_mnist.build_model(lstm_mnist.model_hparams(lstm_mnist.parse_args(["--hidden-dim", "32"])))
     optimizer = torch.optim.Adam(model.parameters())
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=REAL_BATCHES)
     for batch in torch.randperm(len(images))[: REAL_BATCHES * 100].view(REAL_BATCHES, 100):
