@@ -403,44 +403,48 @@ def draw_figures(model, test_loader, history, class_names, out_dir, show):
 # ---------------------------------------------------------------------------
 
 
-def main(argv=None):
-    """Run the tutorial's pipeline with the flags in `argv` (default: the command line)."""
-    # 整個流程的目錄：依序呼叫第 1 到第 8 段；標 Part 1 到 5 的函式在 main() 後面，可以先跳過。
-    argv = command_line(argv)  # Part 5: sys.argv[1:] ([] in a Jupyter notebook)
-    args = parse_args(argv)  # Part 5: the flags override DEFAULTS; each is checked first
-    with one_line_errors() as ctrl_c:  # Part 5: a problem you can fix: one line, no traceback
-        if (result := side_trip(args)) is not None:  # Part 5: --show-shapes, --predict...
-            return result
-        # 1. 超參設定: the device (the tutorial's use_gpu), the device: and config: lines, the seed
-        device = pick_device(args.device)
-        precision = prepare_run(args, device)  # Part 5: 印 device:、config:；--amp 的設定
-        torch.manual_seed(args.seed)  # 固定初始權重和 dropout 的亂數（資料順序另有 generator）
-        # 2. MINST數據集匯入
-        loaders = load_data(args.data_dir, args.dataset, device, args.batch_size, args.seed,
-                            args.max_batches, args.val_size)
-        # 3. 定義LSTM結構: the tutorial's RNN(28, 128, 2, 10), then its .cuda()
-        model = build_model(model_hparams(args)).to(device)  # model_hparams: nn.LSTM 的參數
-        # 4. 定義損失函數和優化器
-        criterion, optimizer = make_criterion_and_optimizer(model, args.lr, args.weight_decay)
-        # 5. 訓練和測試過程。run 把 model、optimizer、Part 4 的 levers、epoch、history 包在一起；
-        # --resume / --eval-only 時從 checkpoint.pt 讀回（Part 5）
-        run = start_run(model, optimizer, loaders, args, precision)
-        if not args.eval_only:
-            with explain_interrupt(run, argv, ctrl_c):  # Part 5: Ctrl-C says how to go on
-                fit(run, loaders, criterion, args)
-        # 6. 儲存模型: the trained model (with --ema, its average)
-        path = save_model(run.tested, args.out_dir)
-        # 7. 最終效能測試（準確率在最後一行 final test accuracy 印出）
-        model, test_loss, test_acc = final_test(path, run, loaders["test"], criterion)
-        # 8. 提取一個範例進行直觀認識
-        class_names = DATASETS[args.dataset][1]  # "0" to "9" for MNIST
-        show_example(model, loaders["test"], class_names)
-        figures = draw_figures(model, loaders["test"], run.history, class_names, args.out_dir,
-                               args.show)
-        print(f"final test accuracy: {test_acc:.2f}%")
+def run_tutorial(args, argv, ctrl_c):
+    """Sections 1 to 8, in the tutorial's order, with the flags in `args`; returns the results."""
+    # 1. 超參設定: the device (the tutorial's use_gpu), the device: and config: lines, the seed
+    device = pick_device(args.device)
+    precision = prepare_run(args, device, argv)  # Part 5: 印 device:、config:；--amp 的設定
+    torch.manual_seed(args.seed)  # 固定初始權重和 dropout 的亂數（資料順序另有 generator）
+    # 2. MINST數據集匯入
+    loaders = load_data(args.data_dir, args.dataset, device, args.batch_size, args.seed,
+                        args.max_batches, args.val_size)
+    # 3. 定義LSTM結構: the tutorial's RNN(28, 128, 2, 10), then its .cuda()
+    model = build_model(model_hparams(args)).to(device)  # model_hparams: nn.LSTM 的參數
+    # 4. 定義損失函數和優化器
+    criterion, optimizer = make_criterion_and_optimizer(model, args.lr, args.weight_decay)
+    # 5. 訓練和測試過程。run 把 model、optimizer、Part 4 的 levers、epoch、history 包在一起；
+    # --resume / --eval-only 時從 checkpoint.pt 讀回（Part 5）
+    run = start_run(model, optimizer, loaders, args, precision)
+    if not args.eval_only:
+        with explain_interrupt(run, argv, ctrl_c):  # Part 5: Ctrl-C says how to go on
+            fit(run, loaders, criterion, args)
+    # 6. 儲存模型: the trained model (with --ema, its average)
+    path = save_model(run.tested, args.out_dir)
+    # 7. 最終效能測試（準確率在最後一行 final test accuracy 印出）
+    model, test_loss, test_acc = final_test(path, run, loaders["test"], criterion)
+    # 8. 提取一個範例進行直觀認識
+    class_names = DATASETS[args.dataset][1]  # "0" to "9" for MNIST
+    show_example(model, loaders["test"], class_names)
+    figures = draw_figures(model, loaders["test"], run.history, class_names, args.out_dir, args.show)
+    print(f"final test accuracy: {test_acc:.2f}%")
     return {"device": str(device), "model": model, "history": run.history, "test_loss": test_loss,
             "final_test_acc": test_acc, "weights": path, "figures": figures,
             "checkpoint": checkpoint_path(args.out_dir)}
+
+
+def main(argv=None):
+    """Run the tutorial's pipeline with the flags in `argv` (default: the command line)."""
+    # 整個流程的目錄在 run_tutorial()：依序是第 1 到第 8 段；Part 1 到 5 在 main() 後面，可以先跳過。
+    argv = command_line(argv)  # Part 5: sys.argv[1:] ([] in a Jupyter notebook)
+    args = parse_args(argv)  # Part 5: the flags override DEFAULTS; each is checked first
+    with one_line_errors() as ctrl_c:  # Part 5: a problem you can fix: one line, no traceback
+        if (result := side_trip(args, argv, ctrl_c)) is not None:  # Part 5: --predict, ...
+            return result
+        return run_tutorial(args, argv, ctrl_c)
 
 
 # ===========================================================================
@@ -870,6 +874,7 @@ CELL_DEFAULTS = {
     "cell": "lstm",  # the recurrent layer: lstm (the tutorial's), gru, or rnn (a plain tanh RNN)
     "pad_rows": 0,  # K rows of zeros after each image's 28: the answer comes K steps after the digit
     "compare_cells": False,  # train lstm, gru and rnn with the same flags, one table and cells.png
+    "seeds": None,  # --compare-cells: one run per seed in this list, and the mean (None: --seed alone)
 }
 
 
@@ -1046,55 +1051,111 @@ def plot_memory(model, test_loader, path):
 # --- --compare-cells: the three cells, one after another, with the same flags ----------
 
 
-def compare_cells(args):
-    """Train (or with --eval-only reload) lstm, gru and rnn in --out-dir/<cell>; print one table, draw cells.png."""
+PROBE_STEPS = 3  # --compare-cells times this many training steps of each cell for its estimate
+
+
+def compare_cells(args, argv, ctrl_c):
+    """Train lstm, gru and rnn with the same flags, once per seed; print one table, draw cells.png.
+
+    Each run is the tutorial's (run_tutorial), in --out-dir/<cell>, or with several --seeds in
+    --out-dir/<cell>-seed<S>. With --resume a run whose folder holds a checkpoint goes on from it
+    (a finished one is only reloaded) and the others start: Ctrl-C's command finishes them all.
+    """
+    seeds = args.seeds or [args.seed]
+    plan = [(seed, cell) for seed in seeds for cell in CELLS]
+    print(f"--compare-cells: {len(plan)} runs ({', '.join(CELLS)}"
+          f"{', seeds ' + ' '.join(map(str, seeds)) if len(seeds) > 1 else ''}), {args.epochs} epoch"
+          f"{'s' if args.epochs != 1 else ''} each; about {training_minutes(args) * len(seeds):.0f} min on "
+          f"this {pick_device(args.device).type.upper()} (a few steps timed; add testing and figures)")
     images, labels = load_split(args.data_dir, args.dataset, train=False)  # for the memory curves
     if args.max_batches:  # the test images the runs test on (load_data's slice)
         images, labels = images[: args.max_batches * args.batch_size], labels[: args.max_batches * args.batch_size]
-    results = {}
-    for k, cell in enumerate(CELLS, 1):
-        out_dir = Path(args.out_dir) / cell
-        print(f"=== --compare-cells: {cell} ({k}/{len(CELLS)}) in {out_dir} ===")
-        results[cell] = main([*as_argv(args, skip=("cell", "out_dir", "compare_cells")),
-                              "--cell", cell, "--out-dir", str(out_dir)])
-        model = results[cell]["model"]
-        device = next(model.parameters()).device
-        results[cell]["memory"] = memory_curves(model, images.to(device), labels.to(device))
-    rows = [{"cell": cell, "parameters": parameter_count(result["model"]),
-             "epoch_acc": [row.get("test_acc", row.get("val_acc")) for row in result["history"]],
-             "final_test_acc": result["final_test_acc"],
-             "seconds_per_epoch": sum(row["seconds"] for row in result["history"]) / max(1, len(result["history"]))}
-            for cell, result in results.items()]
-    print_cells_table(rows, "val" if args.val_size else "test")
+    results = {cell: [] for cell in CELLS}
+    for k, (seed, cell) in enumerate(plan, 1):
+        out_dir = Path(args.out_dir) / (cell if len(seeds) == 1 else f"{cell}-seed{seed}")
+        print(f"=== --compare-cells: {cell}, seed {seed} ({k}/{len(plan)}) in {out_dir} ===")
+        resume = args.resume and checkpoint_path(out_dir).is_file()
+        cell_args = argparse.Namespace(**{**vars(args), "cell": cell, "seed": seed, "out_dir": str(out_dir),
+                                          "resume": resume})
+        result = run_tutorial(cell_args, argv, ctrl_c)
+        device = next(result["model"].parameters()).device
+        if seed == seeds[0]:  # cells.png draws the first seed's memory curves
+            result["memory"] = memory_curves(result["model"], images.to(device), labels.to(device))
+        results[cell].append(result)
+    rows = [cells_row(cell, runs) for cell, runs in results.items()]
+    print_cells_table(rows, "val" if args.val_size else "test", len(seeds))
     path = plot_cells(results, Path(args.out_dir) / "cells.png")
     print(f"saved {path}")
     return {"cells": rows, "results": results, "figure": path}
 
 
-def print_cells_table(rows, split):
-    print(f"{'cell':<5} {'parameters':>10} | {split} accuracy after each epoch (%) | final test | s/epoch")
+def training_minutes(args):
+    """Roughly how long one run of each cell trains, in minutes: PROBE_STEPS steps of each, timed."""
+    device = pick_device(args.device)
+    steps = min(math.ceil((60_000 - args.val_size) / args.batch_size), args.max_batches or math.inf)
+    seconds = 0.0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the runs' numbers stay
+        for cell in CELLS:
+            model = build_model({**model_hparams(args), "cell": cell}).to(device)
+            optimizer = torch.optim.Adam(model.parameters())
+            images = torch.rand(args.batch_size, SEQ_LEN, IN_DIM).to(device)
+            labels = torch.randint(N_CLASS, (args.batch_size,)).to(device)
+            for step in range(PROBE_STEPS + 1):  # step 0 warms up
+                if step == 1:
+                    start = time.perf_counter()
+                loss = nn.functional.cross_entropy(model(images), labels)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            loss.item()  # waits for a GPU to finish
+            seconds += (time.perf_counter() - start) / PROBE_STEPS * steps * args.epochs
+    return seconds / 60
+
+
+def cells_row(cell, runs):
+    """One row of the cells' table: the mean over seeds of each epoch's accuracy, the final ones."""
+    split = "test" if "test_acc" in runs[0]["history"][0] else "val"
+    epochs = [[row[f"{split}_acc"] for row in run["history"]] for run in runs]
+    finals = [run["final_test_acc"] for run in runs]
+    seconds = [row["seconds"] for run in runs for row in run["history"]]
+    return {"cell": cell, "parameters": parameter_count(runs[0]["model"]),
+            "epoch_acc": [sum(column) / len(column) for column in zip(*epochs)],
+            "final_test_acc": sum(finals) / len(finals), "final_range": (min(finals), max(finals)),
+            "seconds_per_epoch": sum(seconds) / max(1, len(seconds))}
+
+
+def print_cells_table(rows, split, n_seeds):
+    mean = f", mean of {n_seeds} seeds" if n_seeds > 1 else ""
+    print(f"{'cell':<5} {'parameters':>10} | {split} accuracy after each epoch (%{mean}) | final test | s/epoch")
     for row in rows:
         epochs = " ".join(f"{acc:.2f}" for acc in row["epoch_acc"])
-        print(f"{row['cell']:<5} {row['parameters']:>10,} | {epochs} | {row['final_test_acc']:.2f}% | "
+        low, high = row["final_range"]
+        spread = f" ({low:.2f}-{high:.2f})" if n_seeds > 1 else ""
+        print(f"{row['cell']:<5} {row['parameters']:>10,} | {epochs} | {row['final_test_acc']:.2f}%{spread} | "
               f"{row['seconds_per_epoch']:.1f}")
 
 
 def plot_cells(results, path):
-    """cells.png: test error per epoch (log axis) and the memory curve of each cell."""
+    """cells.png: test error per epoch (log axis; the mean over seeds) and the memory curve of each cell."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, (ax_error, ax_memory) = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
-    for (cell, result), color in zip(results.items(), ("tab:blue", "tab:orange", "tab:green")):
-        history = result["history"]
-        split = "test" if history and "test_acc" in history[0] else "val"
-        ax_error.plot([row["epoch"] for row in history], [100 - row[f"{split}_acc"] for row in history],
-                      marker="o", color=color, label=f"{cell} ({split})")
-        curves = result["memory"]
+    for (cell, runs), color in zip(results.items(), ("tab:blue", "tab:orange", "tab:green")):
+        row = cells_row(cell, runs)
+        epochs = range(1, len(row["epoch_acc"]) + 1)
+        split = "test" if "test_acc" in runs[0]["history"][0] else "val"
+        ax_error.plot(epochs, [100 - acc for acc in row["epoch_acc"]], marker="o", color=color,
+                      label=f"{cell} ({split}{f', mean of {len(runs)} seeds' if len(runs) > 1 else ''})")
+        curves = runs[0]["memory"]
         draw_memory(ax_memory, curves["trained"], f"{cell} trained", color)
         draw_memory(ax_memory, curves["untrained"], f"{cell} untrained", color, band=False)
     ax_error.set_yscale("log", nonpositive="mask")
-    ax_error.set(xlabel="epoch", ylabel="error = 100 - accuracy (%), log scale", title="error rate per epoch")
-    ax_error.set_xticks([row["epoch"] for row in history])  # whole epochs only
+    percent = FuncFormatter(lambda value, _: f"{value:g}%")  # 2%, 1.5%, not 2x10^0
+    ax_error.yaxis.set_major_formatter(percent)
+    ax_error.yaxis.set_minor_formatter(percent)
+    ax_error.set(xlabel="epoch", ylabel="error = 100 - accuracy, log scale", title="error rate per epoch")
+    ax_error.set_xticks(list(epochs))  # whole epochs only
     if curves["trained"].shape[1] > SEQ_LEN:  # --pad-rows: the zero rows start here
         ax_memory.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
     ax_memory.set_yscale("log")
@@ -1156,12 +1217,12 @@ FIT = 20  # MNIST's box: the digit's longer side becomes 20 pixels...
 CENTRE = 14  # ...and its centre of mass lands on row 14, column 14 of the 28x28 (where MNIST's are)
 
 
-def predict_images(args):
+def predict_images(args, argv):
     """--predict: load the trained model, read each image the MNIST way, print its answers, draw."""
     if args.dataset != "mnist":
         raise RunError("--predict reads handwritten digits: it needs a model trained on mnist")
     device = pick_device(args.device)
-    model, description = load_trained(args.out_dir, args)
+    model, description = load_trained(args, argv)
     model.to(device).eval()
     print(f"model: {description}, on {device}")
     done, failed = [], []  # failed: a line for each path that could not be read; the others go on
@@ -1201,35 +1262,41 @@ def bad_input(message, failed):
     print(f"lstm_mnist.py: error: {message}", file=sys.stderr)
 
 
-def load_trained(out_dir, args):
-    """RNN.pth in `out_dir`, in the model checkpoint.pt records; returns (model, words on it)."""
-    weights, checkpoint_file = Path(out_dir) / "RNN.pth", checkpoint_path(out_dir)
-    if not weights.is_file():
-        train = shell_command(["--out-dir", str(out_dir)])  # runs from any folder, on any system
-        raise RunError(f"no trained model in {out_dir} (no RNN.pth); train first: {train} "
-                       f"(add --epochs 1 for a quick one)")
-    if checkpoint_file.is_file():  # Part 5: refuses a damaged file, another data set, other flags
-        # The model is the one checkpoint.pt records: only model flags typed (not left at their
-        # defaults) are checked against it, so `--predict` alone reads a --cell gru run too.
-        parser = build_parser()
-        typed = {key: flag for key, flag in MODEL_FLAGS.items()
-                 if getattr(args, key) != parser.get_default(key)}
-        checkpoint = load_checkpoint(checkpoint_file, args, typed)
-        hparams = checkpoint["hparams"]
-        epochs = checkpoint["epoch"]
-        record = f"{epochs} epoch{'s' if epochs != 1 else ''}, {checkpoint_file}"
-        misfit = f"the model {checkpoint_file} records", "the two must come from the same run"
-    else:  # RNN.pth alone (the tutorial's own script writes only that): the model flags given
-        hparams, record = model_hparams(args), "no checkpoint.pt: the model flags given"
-        misfit = "the model of the flags given (no checkpoint.pt)", "pass the flags it had"
-    model = build_model(hparams)
-    state_dict = read_weights_only(weights)  # Part 5: tensors only; pickled code is never run
-    try:
-        model.load_state_dict(state_dict)
-    except (RuntimeError, KeyError, TypeError, AttributeError) as err:
-        raise RunError(f"{weights} does not fit {misfit[0]} ({last_line(err)}); {misfit[1]}") \
-            from None
-    return model, f"{weights} ({record})"
+def load_trained(args, argv):
+    """The model in --out-dir: RNN.pth where checkpoint.pt records its weights, else the last finished
+    run (*.previous.*), else a lone RNN.pth in the model flags given; returns (model, words on it)."""
+    here, previous = read_pair(args.out_dir), read_pair(args.out_dir, "previous")
+    if not here["paired"] and here["weights"].is_file() and here["record"] is None:  # the tutorial's own file
+        model = load_weights(build_model(model_hparams(args)), read_weights_only(here["weights"]),
+                             here["weights"], "the model flags given (no checkpoint.pt): pass the flags it had")
+        return model, f"{here['weights']} (no checkpoint.pt: the model flags given)"
+    pair = here if here["paired"] else previous if previous["finished"] else None
+    if pair is None:
+        raise RunError(no_trained_model(args.out_dir, here))
+    if pair["record"].get("dataset") != "mnist":  # --predict reads digits, whatever --dataset says
+        raise RunError(f"{pair['checkpoint']} was trained on {pair['record'].get('dataset')}: --predict reads "
+                       f"handwritten digits, so it needs a model trained on mnist (train one in another --out-dir)")
+    record = load_checkpoint(pair["checkpoint"], args)  # Part 5: refuses a damaged file
+    use_recorded_model(pair["checkpoint"], record, args, typed_keys(argv))  # typed flags must agree
+    model = load_weights(build_model(model_hparams(args)), read_weights_only(pair["weights"]), pair["weights"])
+    which = (f", the last finished run: {here['checkpoint']} holds an unfinished one" if pair is previous
+             else "" if pair["finished"] else ", an unfinished run")
+    return model, f"{pair['weights']} ({epochs_of(record)}, {pair['checkpoint']}{which})"
+
+
+def no_trained_model(out_dir, here):
+    """Why --predict finds no model in `out_dir`, and the command that makes one."""
+    if here["record"] and here["weights"].is_file():
+        read_weights_only(here["weights"])  # a file that asks for Python code says so first
+        return (f"{here['weights']} does not hold the weights {here['checkpoint']} records: they are not of "
+                f"one run; train again, or put back the RNN.pth that run saved")
+    if here["record"]:
+        resume, weights = (shell_command(["--out-dir", str(out_dir), flag]) for flag in ("--resume", "--eval-only"))
+        return (f"no finished model in {out_dir}: {here['checkpoint']} holds an unfinished run "
+                f"({epochs_of(here['record'])}) and no RNN.pth of it; finish it with: {resume} (with the flags "
+                f"it was trained with), or save its weights as they are with: {weights}")
+    train = shell_command(["--out-dir", str(out_dir)])  # runs from any folder, on any system
+    return f"no trained model in {out_dir} (no RNN.pth); train first: {train} (add --epochs 1 for a quick one)"
 
 
 def image_files(paths, failed):
@@ -1673,14 +1740,15 @@ def cpu_has(probe):
 # work, only on what their docstrings promise.
 # ===========================================================================
 
-def side_trip(args):
-    """The flags that do something else than the tutorial's run: their result, or None to run it."""
-    if args.show_shapes:  # the tutorial's nn.LSTM shape table for these flags
+def side_trip(args, argv, ctrl_c):
+    """The flags that do something else than the tutorial's run (the parser allows one at a time):
+    their result, or None to run the tutorial's pipeline."""
+    if args.show_shapes:  # Part 1: the tutorial's nn.LSTM shape table for these flags
         return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
-    if getattr(args, "predict", None):  # your own digit images; absent from args unless given
-        return predict_images(args)
-    if args.compare_cells:  # lstm, gru and rnn, one after another
-        return compare_cells(args)
+    if getattr(args, "predict", None):  # Part 3: your own digit images; absent from args unless given
+        return predict_images(args, argv)
+    if args.compare_cells:  # Part 2: lstm, gru and rnn, one after another
+        return compare_cells(args, argv, ctrl_c)
     return None
 
 
@@ -1787,8 +1855,15 @@ def one_line(err):
 # --- Before the run: the device line, the config line, the output folder -------------
 
 
-def prepare_run(args, device):
-    """Print the device and the config, check --out-dir, tune the CPU; return amp_context's Precision."""
+def prepare_run(args, device, argv=()):
+    """Print the device and the config, check --out-dir, tune the CPU; return amp_context's Precision.
+
+    --resume and --eval-only build the model that checkpoint.pt records: its model flags go into
+    `args` first, so that the config line and the model line are true.
+    """
+    if args.resume or args.eval_only:
+        path = checkpoint_path(args.out_dir)
+        use_recorded_model(path, load_checkpoint(path, args), args, typed_keys(argv))
     precision = amp_context(device, args.amp)
     print(f"device: {device}" + (f" ({precision.label})" if precision.label else ""))
     if args.device == "auto" and device.type == "cpu" and (hint := cuda_hint()):  # a GPU left unused: say why
@@ -1960,33 +2035,14 @@ def check_labels(data, data_dir, class_name, train):
 
 CHECKPOINT_NAME = "checkpoint.pt"  # in --out-dir, rewritten after every epoch, for --resume
 CHECKPOINT_FORMAT = "lstm_mnist checkpoint v2"  # tells our checkpoints from other files; raised with the layout
-# The model's hyperparameters and the flags that set them: a checkpoint records these,
-# and a reload or resume must rebuild exactly the same model.
-MODEL_FLAGS = {
-    "hidden_dim": "--hidden-dim",
-    "n_layer": "--n-layer",
-    "dropout": "--dropout",
-    "bidirectional": "--bidirectional",
-    "bias": "--no-bias",
-    "batch_first": "--no-batch-first",
-    "cell": "--cell",
-    "pad_rows": "--pad-rows",
-}
+# The model flags, listed once: a checkpoint records them, and a reload or resume rebuilds
+# exactly that model. Their defaults are in DEFAULTS and CELL_DEFAULTS, their flags in the parser.
+MODEL_FLAGS = ("hidden_dim", "n_layer", "dropout", "bidirectional", "bias", "batch_first", "cell", "pad_rows")
 # The training flags the course of a run depends on: --resume must be given the same ones, or it
 # would not repeat the run. (Not the recipe's name, the seed or --forget-bias: the checkpoint holds
 # their effect. --epochs matters only to --one-cycle's plan, checked apart.)
-RESUME_FLAGS = {
-    "batch_size": "--batch-size",
-    "lr": "--lr",
-    "max_batches": "--max-batches",
-    "amp": "--amp",
-    "val_size": "--val-size",
-    "one_cycle": "--one-cycle",
-    "weight_decay": "--weight-decay",
-    "label_smoothing": "--label-smoothing",
-    "augment": "--augment",
-    "ema": "--ema",
-}
+RESUME_FLAGS = ("batch_size", "lr", "max_batches", "amp", "val_size", "one_cycle", "weight_decay",
+                "label_smoothing", "augment", "ema")
 
 
 def model_hparams(args):
@@ -2015,6 +2071,8 @@ class RunState:
         self.settings["steps_per_epoch"] = len(loaders["train"])
         self.epoch, self.history = 0, []  # epochs done, and one dict of results per epoch
         self.saved_epoch = 0  # the epoch checkpoint.pt holds (0: none of this run yet)
+        self.run_id = os.urandom(8).hex()  # which run checkpoint.pt belongs to (--resume: the saved one's)
+        self.kept = False  # True once keep_earlier_run has dealt with what the folder held
         print(describe_model(model))  # Part 2: the layer, its sizes and the number of parameters
 
     def end_epoch(self, epoch, train_loss, train_acc, split, eval_loss, eval_acc, seconds):
@@ -2049,6 +2107,9 @@ class RunState:
             "scheduler": scheduler.state_dict() if scheduler else None,
             "scaler": self.levers.scaler.state_dict(),  # float16 --amp's loss scale ({} when off)
             "rng": random_state(self.generator, self.device),  # what the next epoch draws from: a resume repeats it
+            # The run folder's record: whose file this is, and whether that run has trained every
+            # epoch it was asked for (RNN.pth follows; read_pair checks that it did).
+            "run": {"id": self.run_id, "finished": self.epoch >= self.settings["epochs"]},
         }
 
     def load_state_dict(self, checkpoint):
@@ -2067,64 +2128,124 @@ class RunState:
         if checkpoint["rng"]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], self.device)
         self.epoch = self.saved_epoch = checkpoint["epoch"]
-        self.history = checkpoint["history"]
+        self.history, self.run_id = checkpoint["history"], checkpoint["run"]["id"]
 
 
 def save_checkpoint(run, out_dir):
     """checkpoint.pt in `out_dir`: the whole run state, safe against Ctrl-C mid-save; returns the path."""
     path = checkpoint_path(out_dir)
-    with atomic_file(path) as f:
+    # The first save of a run replaces what the folder held: keep_earlier_run decides what to keep,
+    # once the new file is complete and just before it takes checkpoint.pt's name.
+    with atomic_file(path, before_replace=None if run.kept else lambda: keep_earlier_run(run)) as f:
         torch.save(run.state_dict(), f)
-        if run.saved_epoch == 0:  # a fresh run's first save, now written: keep the run it replaces
-            keep_previous_run(out_dir)
-    run.saved_epoch = run.epoch
+    run.kept, run.saved_epoch = True, run.epoch
     print(f"saved {path}")
     return path
 
 
-def keep_previous_run(out_dir):
-    """Keep the earlier run's checkpoint.pt and RNN.pth, which this run's first save replaces.
-
-    A finished run becomes checkpoint.previous.pt and RNN.previous.pth, in place of the finished
-    run kept before. An unfinished one becomes *.unfinished.* instead, so the last finished pair
-    stays. A kind's other file is deleted when its run had none: never a pair from two runs.
-    One line says what was kept.
-    """
-    out_dir = Path(out_dir)
-    if not any((out_dir / name).exists() for name in (CHECKPOINT_NAME, "RNN.pth")):
-        return
-    kind = "previous" if finished_run(out_dir) else "unfinished"
-    for name, kept in [(CHECKPOINT_NAME, f"checkpoint.{kind}.pt"), ("RNN.pth", f"RNN.{kind}.pth")]:
-        if (out_dir / name).exists():
-            os.replace(out_dir / name, out_dir / kept)
-        else:
-            (out_dir / kept).unlink(missing_ok=True)
-    path = out_dir / f"checkpoint.{kind}.pt"
-    if kind == "previous":
-        print(f"kept the finished run before this one as {path} and RNN.previous.pth")
-    else:
-        stays = (out_dir / "RNN.previous.pth").exists()
-        print(f"kept the unfinished run before this one as {path}"
-              + (" (the last finished run stays in *.previous.*)" if stays else ""))
+# --- The run folder: which run each file belongs to, recorded when it happens ----------
+# checkpoint.pt records the run it belongs to (an id drawn when the run starts) and whether that
+# run has trained every epoch it was asked for. RNN.pth belongs to it when it holds the weights
+# checkpoint.pt records, compared tensor by tensor: then the two are a pair. A finished run is a
+# pair whose record says finished. What the folder holds changes only here, when a run's first
+# save is about to replace checkpoint.pt:
+#
+#   checkpoint.pt holds          what happens to checkpoint.pt and RNN.pth
+#   a finished run               both -> *.previous.* (also this run, extended by --resume --epochs)
+#   this run, unfinished         stay; an RNN.pth that is not its pair (an earlier epoch) is removed
+#   another run, unfinished      -> checkpoint.unfinished.pt (+ RNN.unfinished.pth if its pair)
+#   nothing                      a lone RNN.pth (the tutorial's own script) -> RNN.unfinished.pth
+#
+# A kept pair replaces the older files of its kind; the renames are all or nothing. So the last
+# finished run is always whole: as checkpoint.pt + RNN.pth, or as *.previous.*.
+PAIRS = {"current": ("checkpoint.pt", "RNN.pth"), "previous": ("checkpoint.previous.pt", "RNN.previous.pth"),
+         "unfinished": ("checkpoint.unfinished.pt", "RNN.unfinished.pth")}
 
 
-def finished_run(out_dir):
-    """True if out_dir's RNN.pth was saved and its checkpoint.pt holds every epoch it planned."""
-    if not (out_dir / "RNN.pth").exists():
-        return False
+def read_pair(out_dir, kind="current"):
+    """What one pair of files in `out_dir` records: a dict of the two paths, the checkpoint's
+    `record` (None if absent, {} if unreadable), `paired` (RNN.pth holds its weights) and `finished`."""
+    checkpoint, weights = (Path(out_dir) / name for name in PAIRS[kind])
+    record = None
+    if checkpoint.is_file():
+        try:
+            record = read_weights_only(checkpoint)
+        except RunError:  # damaged or not ours: kept all the same, never called a pair
+            record = {}
+        record = record if isinstance(record, dict) else {}
+    paired = bool(record) and weights.is_file() and same_weights(weights, record.get("model"))
+    finished = paired and bool(record.get("run", {}).get("finished"))
+    return {"checkpoint": checkpoint, "weights": weights, "record": record, "paired": paired,
+            "finished": finished}
+
+
+def same_weights(path, state_dict):
+    """True if the weights file at `path` holds exactly `state_dict`'s tensors."""
     try:
-        checkpoint = torch.load(out_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
-        return checkpoint["epoch"] >= checkpoint["settings"]["epochs"]
-    except Exception:  # missing, damaged or not ours: not a finished run of this script
+        weights = read_weights_only(path)
+    except RunError:
         return False
+    return (isinstance(state_dict, dict) and isinstance(weights, dict) and weights.keys() == state_dict.keys()
+            and all(torch.equal(weights[key], state_dict[key]) for key in weights))
+
+
+def epochs_of(record):
+    """'2 epochs', or for an unfinished run 'epoch 1 of 3': how far the run in `record` got."""
+    done, planned = record.get("epoch", 0), record.get("settings", {}).get("epochs", 0)
+    if record.get("run", {}).get("finished") or done >= planned:
+        return f"{done} epoch{'s' if done != 1 else ''}"
+    return f"epoch {done} of {planned}"
+
+
+def keep_earlier_run(run):
+    """What this run's first save does to the files it replaces (the table above)."""
+    here = read_pair(run.out_dir)
+    record, weights = here["record"], here["weights"]
+    if here["finished"]:
+        whose = "this run" if record["run"]["id"] == run.run_id else "the finished run before this one"
+        return keep(run.out_dir, "previous", f"{whose} ({epochs_of(record)})")
+    if weights.is_file() and record is not None and not here["paired"]:
+        weights.unlink()  # not checkpoint.pt's weights: they would pair with nothing
+        print(f"removed {weights}: it did not hold the weights {here['checkpoint']} records")
+    if record is None and not weights.is_file():
+        return
+    if record is None or record.get("run", {}).get("id") != run.run_id:
+        what = f"the unfinished run before this one ({epochs_of(record)})" if record else "the files before this run"
+        keep(run.out_dir, "unfinished", what)
+
+
+def keep(out_dir, kind, what):
+    """Rename the current pair's files to `kind`'s names, both or neither; print what was kept."""
+    moves = [(Path(out_dir) / a, Path(out_dir) / b) for a, b in zip(PAIRS["current"], PAIRS[kind])
+             if (Path(out_dir) / a).exists()]
+    staged = []
+    try:  # first to temporary names, so that a rename that fails can be undone
+        for source, target in moves:
+            staged.append((source, target.with_name(target.name + ".keep.tmp"), target))
+            os.replace(source, staged[-1][1])
+    except OSError as err:
+        for source, tmp, _ in reversed(staged[:-1]):
+            os.replace(tmp, source)
+        names = " and ".join(str(source) for source, _ in moves)
+        raise RunError(f"cannot keep {what} as *.{kind}.* ({err.filename}: {err.strerror}); nothing was "
+                       f"changed: {names} still hold it, and this run saved nothing") from None
+    for name in PAIRS[kind]:
+        (Path(out_dir) / name).unlink(missing_ok=True)  # the older files of this kind
+    for _, tmp, target in staged:
+        os.replace(tmp, target)
+    previous = read_pair(out_dir, "previous")
+    stays = (f"; the last finished run stays in {previous['checkpoint']} and {previous['weights'].name}"
+             if kind == "unfinished" and previous["finished"] else "")
+    print(f"kept {what} as {' and '.join(str(target) for _, target in moves)}{stays}")
 
 
 @contextlib.contextmanager
-def atomic_file(path):
-    """A file to write `path` through, so that a crash or Ctrl-C mid-write keeps the old file.
+def atomic_file(path, before_replace=None):
+    """A file to write `path` through, so that a crash, Ctrl-C or a full disk mid-write keeps the old file.
 
     The data goes to a temporary file in the same folder, which is renamed over `path`
     once complete: the rename is atomic, so `path` always holds the old or the new file.
+    `before_replace` runs once the new file is complete, just before the rename.
     """
     tmp_name = None
     try:
@@ -2136,14 +2257,40 @@ def atomic_file(path):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_replace:
+            before_replace()
         os.replace(tmp_name, path)
-    except OSError as err:  # a full disk, a file another program holds (Windows): `path` untouched
+    except (OSError, RuntimeError) as err:  # a full disk, a file size limit, a file held open (Windows)
+        if isinstance(err, RuntimeError) and not TORCH_WRITE_FAILED.search(str(err)):
+            raise  # not a write that failed: a bug, with its traceback
         kept = (f"the {Path(path).name} already there is intact" if Path(path).exists()
                 else "nothing was written")
-        raise RunError(f"cannot write {path} ({err.strerror or err}); {kept}") from None
+        raise RunError(f"cannot write {path} ({write_failure(err, path)}); {kept}") from None
     finally:
         if tmp_name and os.path.exists(tmp_name):
             os.remove(tmp_name)
+
+
+# torch.save writes through its own C++ writer, which reports a full disk or a file size limit
+# as a RuntimeError ("unexpected pos ...", "failed writing file ..."), without the OS's reason.
+TORCH_WRITE_FAILED = re.compile(r"unexpected pos|failed writing|PytorchStreamWriter|file write failed")
+
+
+def write_failure(err, path):
+    """Why writing `path` failed, in a few words: the OS's reason, or what the folder shows."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    import shutil
+
+    if shutil.disk_usage(Path(path).parent).free < 64 << 20:
+        return os.strerror(28)  # "No space left on device"
+    try:
+        import resource  # Unix only
+        if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+            return os.strerror(27)  # "File too large": a limit on the size of the files this process writes
+    except ImportError:
+        pass
+    return last_line(err)
 
 
 def current_umask():
@@ -2162,8 +2309,8 @@ def random_state(generator, device):
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def load_checkpoint(path, args, model_flags=MODEL_FLAGS):
-    """The checkpoint at `path` as a dict, after checking it was made for this model (`model_flags`)."""
+def load_checkpoint(path, args):
+    """The checkpoint at `path` as a dict, after checking that this script wrote it for this data set."""
     if not Path(path).is_file():
         raise RunError(f"no checkpoint at {path}; train first (without --eval-only / --resume)")
     checkpoint = read_weights_only(path)
@@ -2171,6 +2318,7 @@ def load_checkpoint(path, args, model_flags=MODEL_FLAGS):
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py")
     if isinstance(checkpoint.get("hparams"), dict):  # written before --cell and --pad-rows: an LSTM, no zero rows
         checkpoint["hparams"] = {"cell": "lstm", "pad_rows": 0, **checkpoint["hparams"]}
+    checkpoint.setdefault("run", {"id": None, "finished": False})  # written before the run's record
     if checkpoint["format"] != CHECKPOINT_FORMAT:
         raise RunError(f"{path} was written by another version of lstm_mnist.py ({checkpoint['format']}; this one "
                        f"reads {CHECKPOINT_FORMAT}); train again, or use the version that wrote it")
@@ -2180,8 +2328,22 @@ def load_checkpoint(path, args, model_flags=MODEL_FLAGS):
     if checkpoint["dataset"] != args.dataset:
         raise RunError(f"{path} was trained on {checkpoint['dataset']}, not {args.dataset}; "
                        f"pass --dataset {checkpoint['dataset']}")
-    refuse_changes(path, checkpoint["hparams"], args, model_flags, "pass the same model flags")
     return checkpoint
+
+
+def use_recorded_model(path, checkpoint, args, typed):
+    """Set args' model flags to those `checkpoint` records; a model flag typed otherwise is refused."""
+    parser = build_parser()
+    for key in MODEL_FLAGS:
+        saved, flag = checkpoint["hparams"][key], flag_of(key)
+        if type(saved) is not type(parser.get_default(key)):  # 128 and "128": we never write that
+            raise RunError(f"{path} is damaged: it records {key} as {saved!r}, a {type(saved).__name__}; "
+                           f"train again")
+        if key in typed and getattr(args, key) != saved:
+            raise RunError(f"{path} was trained with {key}={saved}, this run asks for {key}={getattr(args, key)} "
+                           f"({flag}); leave {flag} out (the model is read from {path.name}) or pass "
+                           f"{as_flag(flag, saved, args)}")
+        setattr(args, key, saved)
 
 
 def read_weights_only(path):
@@ -2205,7 +2367,7 @@ def read_weights_only(path):
 CHECKPOINT_LAYOUT = {
     "format": str, "dataset": str, "hparams": dict, "settings": dict, "epoch": int, "history": list,
     "model": dict, "trained_weights": (dict, type(None)), "ema_updates": int, "optimizer": dict,
-    "scheduler": (dict, type(None)), "scaler": dict, "rng": dict,
+    "scheduler": (dict, type(None)), "scaler": dict, "rng": dict, "run": dict,
 }
 
 
@@ -2214,7 +2376,7 @@ def layout_problem(checkpoint):
     for key, kind in CHECKPOINT_LAYOUT.items():
         if not isinstance(checkpoint.get(key), kind):
             return f"{key!r} is missing or of the wrong type"
-    missing = (MODEL_FLAGS.keys() - checkpoint["hparams"].keys()) or \
+    missing = (set(MODEL_FLAGS) - checkpoint["hparams"].keys()) or \
         ({*RESUME_FLAGS, "epochs", "steps_per_epoch"} - checkpoint["settings"].keys())
     if missing:
         return f"its record of the flags lacks {sorted(missing)[0]!r}"
@@ -2235,15 +2397,21 @@ def layout_problem(checkpoint):
     return None
 
 
-def refuse_changes(path, saved, args, flags, advice):
-    """Raise RunError naming the first of `flags` whose value differs from the checkpoint's, and the value to pass."""
-    for key, flag in flags.items():
+def refuse_changes(path, saved, args, keys, advice):
+    """Raise RunError naming the first of `keys` whose value differs from the checkpoint's, and the value to pass."""
+    for key in keys:
+        flag = flag_of(key)
         if saved.get(key) != getattr(args, key):
             if str(saved.get(key)) == str(getattr(args, key)):  # 128 and "128": we never write that
                 raise RunError(f"{path} is damaged: it records {key} as {saved.get(key)!r}, "
                                f"a {type(saved.get(key)).__name__}; train again")
             raise RunError(f"{path} was trained with {key}={saved.get(key)}, this run asks for "
                            f"{key}={getattr(args, key)} ({flag}); {advice}: {as_flag(flag, saved.get(key), args)}")
+
+
+def flag_of(key):
+    """The command-line flag that sets args.`key`: --hidden-dim, --no-bias, ..."""
+    return next(action.option_strings[0] for action in build_parser()._actions if action.dest == key)
 
 
 def as_flag(flag, value, args):
@@ -2257,15 +2425,13 @@ def as_flag(flag, value, args):
     return flag if value is True else f"{flag} {value}"
 
 
-def load_weights(model, state_dict, path):
-    """model.load_state_dict(state_dict), or one line saying why the weights do not fit."""
+def load_weights(model, state_dict, path, misfit="the model the checkpoint records"):
+    """model.load_state_dict(state_dict), or one line saying why the weights from `path` do not fit."""
     try:
         model.load_state_dict(state_dict)
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise RunError(f"{path}: its weights do not fit the model it records ({last_line(err)})") from None
+    except (RuntimeError, KeyError, TypeError, AttributeError) as err:
+        raise RunError(f"{path}: its weights do not fit {misfit} ({last_line(err)})") from None
     return model
-
-
 
 
 def last_line(err):
@@ -2315,7 +2481,9 @@ def restore(run, args):
     if checkpoint["epoch"] >= args.epochs:
         more = ("its one-cycle schedule is complete" if args.one_cycle
                 else "raise --epochs to train more")
-        print(f"the checkpoint already has {checkpoint['epoch']} epochs; {more}")
+        print(f"the checkpoint already has {epochs_of({'epoch': checkpoint['epoch']})}; {more}")
+        if not checkpoint["run"]["finished"]:  # --resume --epochs below the planned: it ends here
+            save_checkpoint(run, args.out_dir)  # the record says so before RNN.pth is written
 
 
 @contextlib.contextmanager
@@ -2330,10 +2498,11 @@ def explain_interrupt(run, argv, ctrl_c):
         yield
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupt_message(run.saved_epoch, path, argv)) from None
-    rest = [arg for arg in argv if arg != "--resume"]
-    finish = shell_command([*rest, "--eval-only"])
-    ctrl_c["note"] = (f"interrupted after training: {path} holds all {run.epoch} epochs; finish "
-                      f"the final test and the figures with: {finish}")
+    rest = [arg for arg in argv if arg != "--resume"]  # --compare-cells: --resume finishes every cell
+    finish = shell_command([*rest, "--resume" if "--compare-cells" in argv else "--eval-only"])
+    every = "all " if run.epoch > 1 else ""
+    ctrl_c["note"] = (f"interrupted after training: {path} holds {every}{epochs_of({'epoch': run.epoch})}; "
+                      f"finish the final test and the figures with: {finish}")
 
 
 def interrupt_message(epochs_done, path, argv):
@@ -2432,6 +2601,9 @@ def build_parser():
     cells.add_argument("--compare-cells", action="store_true", default=d["compare_cells"],
                        help="train lstm, gru and rnn one after another with the same flags, each in "
                             "--out-dir/<cell>, then print one table and draw cells.png (default: off)")
+    cells.add_argument("--seeds", type=seed_number, nargs="+", default=d["seeds"], metavar="N",
+                       help="with --compare-cells: train each cell once per seed, in --out-dir/<cell>-seed<N>, "
+                            "and print the mean over the seeds (default: --seed alone)")
     run_group = parser.add_argument_group("the run")
     run_group.add_argument("--dataset", choices=list(DATASETS), default=d["dataset"],
                            help="which torchvision data set (default: %(default)s)")
@@ -2559,21 +2731,25 @@ def parse_args(argv=None):
                      f"{'--compare-cells' if args.compare_cells else '--cell ' + args.cell}{also}")
     if args.compare_cells and args.cell != "lstm":
         parser.error("argument --cell: not allowed with --compare-cells, which trains every cell")
+    if args.seeds and not args.compare_cells:
+        parser.error("argument --seeds: only with --compare-cells; for one run use --seed")
+    # The flags that run something else than the tutorial's run (side_trip): one at a time.
+    trips = [flag for flag, given in [("--show-shapes", args.show_shapes), ("--predict", "predict" in args),
+                                      ("--compare-cells", args.compare_cells)] if given]
+    if len(trips) > 1:
+        parser.error(f"argument {trips[1]}: not allowed with {trips[0]}; pick one")
+    if "predict" in args and (args.resume or args.eval_only):
+        parser.error(f"argument --predict: not allowed with {'--resume' if args.resume else '--eval-only'}: "
+                     "it trains nothing and reads the model in --out-dir")
     return args
 
 
-def as_argv(args, skip=()):
-    """The command-line flags that give `args` again, but for the keys in `skip` (--compare-cells' runs)."""
-    argv = []
-    for action in build_parser()._actions:
-        if not action.option_strings or action.dest in ("help", *skip):
-            continue
-        value, flag = getattr(args, action.dest, None), action.option_strings[0]  # --predict: absent unless given
-        if action.nargs == 0:  # --augment, --no-bias, ...: given when the value is the one it stores
-            argv += [flag] if value == action.const else []
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv
+def typed_keys(argv):
+    """The args keys that `argv` sets itself (not left at a default, nor set by a --recipe)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -199,7 +199,7 @@ def test_compare_cells_trains_all_three_and_prints_one_table(run_main, tmp_path,
         assert line.startswith(row["cell"]) and f"{row['parameters']:,}" in line
         assert f"{row['final_test_acc']:.2f}%" in line and len(row["epoch_acc"]) == 1
         assert (tmp_path / "out" / row["cell"] / "RNN.pth").exists()
-        assert result["results"][row["cell"]]["memory"]["trained"].shape == (3, 29)
+        assert result["results"][row["cell"]][0]["memory"]["trained"].shape == (3, 29)
     assert result["figure"] == tmp_path / "out" / "cells.png" and result["figure"].exists()
     assert len({row["parameters"] for row in result["cells"]}) == 3
 

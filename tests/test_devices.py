@@ -232,7 +232,7 @@ def test_main_in_a_notebook_runs_with_the_defaults_instead_of_a_usage_error(in_a
     class Parsed(Exception):
         pass
 
-    def stop_after_parsing(args, device):  # the first step after the arguments are parsed
+    def stop_after_parsing(args, device, argv=()):  # the first step after the arguments are parsed
         raise Parsed(args)
 
     monkeypatch.setattr(lstm_mnist, "prepare_run", stop_after_parsing)

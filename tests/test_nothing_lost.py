@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -46,8 +47,8 @@ def test_finished_then_interrupted_then_fresh_keeps_the_finished_pair(run_main, 
     capsys.readouterr()
     run_main("--epochs", "1", "--seed", "2", out_dir=out_dir)  # C: fresh
     kept = [line for line in capsys.readouterr().out.splitlines() if line.startswith("kept ")]
-    assert kept == [f"kept the unfinished run before this one as {out_dir / 'checkpoint.unfinished.pt'} "
-                    f"(the last finished run stays in *.previous.*)"]
+    assert kept == [f"kept the unfinished run before this one (epoch 1 of 3) as {out_dir / 'checkpoint.unfinished.pt'}; "
+                    f"the last finished run stays in {out_dir / 'checkpoint.previous.pt'} and RNN.previous.pth"]
     # A's pair, both files from A; B apart, under a name that says so; C in place.
     assert (out_dir / "checkpoint.previous.pt").read_bytes() == finished["checkpoint.pt"]
     assert (out_dir / "RNN.previous.pth").read_bytes() == finished["RNN.pth"]
@@ -58,24 +59,116 @@ def test_finished_then_interrupted_then_fresh_keeps_the_finished_pair(run_main, 
     c_pair = [(out_dir / name).read_bytes() for name in ("checkpoint.pt", "RNN.pth")]
     capsys.readouterr()
     run_main("--epochs", "1", "--seed", "3", out_dir=out_dir)
-    assert f"kept the finished run before this one as {out_dir / 'checkpoint.previous.pt'} and RNN.previous.pth" \
-        in capsys.readouterr().out
+    assert (f"kept the finished run before this one (1 epoch) as {out_dir / 'checkpoint.previous.pt'} and "
+            f"{out_dir / 'RNN.previous.pth'}") in capsys.readouterr().out
     assert [(out_dir / name).read_bytes() for name in ("checkpoint.previous.pt", "RNN.previous.pth")] == c_pair
 
 
-def test_a_run_whose_figures_were_interrupted_is_not_taken_for_finished_without_its_weights(tmp_path):
+def ctrl_c_in_epoch(monkeypatch, epoch):
+    """Make the next run stop with Ctrl-C during its `epoch`-th epoch of this process (1: before any save)."""
+    train = lstm_mnist.train_one_epoch
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(lstm_mnist, "train_one_epoch", interrupted)
+
+
+def pair_bytes(out_dir, kind="current"):
+    return [(out_dir / name).read_bytes() for name in lstm_mnist.PAIRS[kind]]
+
+
+def run_steps(run_main, monkeypatch, capsys, out_dir, steps):
+    """Run each (flags, epoch of Ctrl-C or None) in turn; returns every line starting "kept" or "removed"."""
+    lines = []
+    for seed, (flags, stop) in enumerate(steps):
+        with monkeypatch.context() as patch:
+            if stop:
+                ctrl_c_in_epoch(patch, stop)
+            seeded = flags if "--resume" in flags else [*flags, "--seed", seed]
+            if stop:
+                with pytest.raises(SystemExit):
+                    run_main(*seeded, out_dir=out_dir)
+            else:
+                run_main(*seeded, out_dir=out_dir)
+        lines += [line for line in capsys.readouterr().out.splitlines() if line.startswith(("kept", "removed"))]
+    return lines
+
+
+def files_named_exist(lines, out_dir):
+    """Every path a printed line names exists."""
+    for line in lines:
+        for path in re.findall(rf"{re.escape(str(out_dir))}/[\w.]+", line):
+            assert Path(path).exists(), line
+
+
+def test_the_last_finished_run_survives_extending_it_and_interrupted_runs(run_main, tmp_path, monkeypatch, capsys):
     out_dir = tmp_path / "out"
-    out_dir.mkdir()
+    lines = run_steps(run_main, monkeypatch, capsys, out_dir, [
+        (["--epochs", 2], None),  # A: finished
+        (["--epochs", 2], 2),  # B: fresh, Ctrl-C in epoch 2
+        (["--epochs", 2], 1),  # C: fresh, Ctrl-C in epoch 1
+        (["--epochs", 2], 2),  # D: fresh, Ctrl-C in epoch 2
+    ])
+    lines += run_steps(run_main, monkeypatch, capsys, out_dir, [(["--epochs", 2, "--resume"], None)])  # D: 2/2
+    d_pair = pair_bytes(out_dir)
+    lines += run_steps(run_main, monkeypatch, capsys, out_dir, [
+        (["--epochs", 4, "--resume"], 2),  # D extended: Ctrl-C in epoch 4 (epoch 3 saved)
+        (["--epochs", 2], 2),  # E
+        (["--epochs", 2], 2),  # F
+    ])
+    assert pair_bytes(out_dir, "previous") == d_pair  # D, the last finished run, whole
+    assert lstm_mnist.read_pair(out_dir, "previous")["finished"]
+    assert not (out_dir / "RNN.pth").exists() and not lstm_mnist.read_pair(out_dir, "unfinished")["paired"]
+    assert f"kept this run (2 epochs) as {out_dir / 'checkpoint.previous.pt'} and {out_dir / 'RNN.previous.pth'}" \
+        in lines
+    assert lines[-1].endswith(f"the last finished run stays in {out_dir / 'checkpoint.previous.pt'} and "
+                              f"RNN.previous.pth")
+    files_named_exist(lines, out_dir)
+    model, words = lstm_mnist.load_trained(lstm_mnist.parse_args(["--out-dir", str(out_dir)]), [])
+    assert words == (f"{out_dir / 'RNN.previous.pth'} (2 epochs, {out_dir / 'checkpoint.previous.pt'}, the last "
+                     f"finished run: {out_dir / 'checkpoint.pt'} holds an unfinished one)")
+
+
+def test_a_run_shortened_by_resume_is_finished_and_kept(run_main, tmp_path, monkeypatch, capsys):
+    out_dir = tmp_path / "out"
+    run_steps(run_main, monkeypatch, capsys, out_dir, [
+        (["--epochs", 3], 2),  # G: Ctrl-C in epoch 2 of 3
+        (["--epochs", 1, "--resume"], None),  # G ends after its 1 epoch
+    ])
+    assert lstm_mnist.read_pair(out_dir)["finished"]
+    g_pair = pair_bytes(out_dir)
+    lines = run_steps(run_main, monkeypatch, capsys, out_dir, [(["--epochs", 1], None)])
+    assert lines == [f"kept the finished run before this one (1 epoch) as {out_dir / 'checkpoint.previous.pt'} and "
+                     f"{out_dir / 'RNN.previous.pth'}"]
+    assert pair_bytes(out_dir, "previous") == g_pair
+
+
+def test_a_rename_that_fails_while_keeping_leaves_the_finished_pair_as_it_was(run_main, tmp_path, monkeypatch,
+                                                                                capsys):
+    out_dir = tmp_path / "out"
+    run_main("--epochs", 1, "--seed", 5, out_dir=out_dir)
     (out_dir / "RNN.previous.pth").write_bytes(b"an older finished run's weights")
-    torch.save({"epoch": 3, "settings": {"epochs": 3}}, out_dir / "checkpoint.pt")  # no RNN.pth beside it
-    lstm_mnist.keep_previous_run(out_dir)
-    assert (out_dir / "checkpoint.unfinished.pt").exists() and (out_dir / "RNN.previous.pth").exists()
-    (out_dir / "RNN.pth").write_bytes(b"weights")
-    torch.save({"epoch": 3, "settings": {"epochs": 3}}, out_dir / "checkpoint.pt")
-    lstm_mnist.keep_previous_run(out_dir)
-    assert (out_dir / "RNN.previous.pth").read_bytes() == b"weights"
-    assert sorted(p.name for p in out_dir.iterdir()) == ["RNN.previous.pth", "checkpoint.previous.pt",
-                                                        "checkpoint.unfinished.pt"]
+    before = {path.name: path.read_bytes() for path in out_dir.iterdir()}
+    replace = os.replace
+
+    def immutable(src, dst):  # what chattr +i RNN.pth does to a rename of it
+        if Path(src).name == "RNN.pth":
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(lstm_mnist.os, "replace", immutable)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("--epochs", 1, "--seed", 6, out_dir=out_dir)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1
+    assert f"cannot keep the finished run before this one (1 epoch) as *.previous.* ({out_dir / 'RNN.pth'}: " \
+           f"Operation not permitted); nothing was changed" in err
+    assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before  # no mixed pair, no new file
 
 
 # --- One line for every failure ---------------------------------------------------------------------
@@ -134,15 +227,23 @@ def test_a_checkpoint_that_cannot_be_written_says_the_last_one_is_intact(
         monkeypatch.setattr(lstm_mnist.torch, "save", full)
         cause = "No space left on device"
     else:  # a checkpoint.pt held open by another program, on Windows
+        replace = os.replace
+
         def locked(src, dst):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), src, None, dst)
+            if Path(dst).name == "checkpoint.pt":
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), src, None, dst)
+            replace(src, dst)
 
         monkeypatch.setattr(lstm_mnist.os, "replace", locked)
         cause = "Permission denied"
+    # The finished 1-epoch run is extended: its first save keeps it as *.previous.* just before the
+    # new checkpoint.pt takes the name, so a failed rename leaves it there, whole.
     err = fails(capsys, argv(tiny_data, out_dir, "--epochs", "2", "--resume"), 1)
     path = out_dir / "checkpoint.pt"
-    assert err == f"lstm_mnist.py: error: cannot write {path} ({cause}); the checkpoint.pt already there is intact\n"
-    assert path.read_bytes() == before and not list(out_dir.glob("*.tmp"))
+    kept = "the checkpoint.pt already there is intact" if where == "write" else "nothing was written"
+    assert err == f"lstm_mnist.py: error: cannot write {path} ({cause}); {kept}\n"
+    assert (path if where == "write" else out_dir / "checkpoint.previous.pt").read_bytes() == before
+    assert not list(out_dir.glob("*.tmp"))
 
 
 def refuses_huge_allocations():

@@ -106,16 +106,22 @@ def test_a_fresh_run_keeps_the_previous_runs_files(run_main, tmp_path, capsys):
     assert (out_dir / "checkpoint.previous.pt").read_bytes() == checkpoint
     assert (out_dir / "RNN.previous.pth").read_bytes() == weights
     assert torch.load(out_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    assert f"kept the finished run before this one as {out_dir / 'checkpoint.previous.pt'} and RNN.previous.pth" \
-        in capsys.readouterr().out
+    assert (f"kept the finished run before this one (2 epochs) as {out_dir / 'checkpoint.previous.pt'} and "
+            f"{out_dir / 'RNN.previous.pth'}") in capsys.readouterr().out
 
 
-def test_resume_and_eval_only_keep_no_copy(run_main, tmp_path):
+def test_extending_a_finished_run_keeps_it_and_eval_only_keeps_no_copy(run_main, tmp_path, capsys):
     out_dir = tmp_path / "out"
     run_main("--epochs", "1", out_dir=out_dir)
-    run_main("--epochs", "2", "--resume", out_dir=out_dir)
+    pair = [(out_dir / name).read_bytes() for name in ("checkpoint.pt", "RNN.pth")]
+    capsys.readouterr()
+    run_main("--epochs", "2", "--resume", out_dir=out_dir)  # the finished 1-epoch run is kept before it grows
+    assert f"kept this run (1 epoch) as {out_dir / 'checkpoint.previous.pt'}" in capsys.readouterr().out
+    assert [(out_dir / name).read_bytes() for name in ("checkpoint.previous.pt", "RNN.previous.pth")] == pair
     run_main("--eval-only", out_dir=out_dir)
-    assert not list(out_dir.glob("*previous*"))
+    assert [(out_dir / name).read_bytes() for name in ("checkpoint.previous.pt", "RNN.previous.pth")] == pair
+    assert sorted(path.name for path in out_dir.glob("*.p*")) == [
+        "RNN.previous.pth", "RNN.pth", "checkpoint.previous.pt", "checkpoint.pt"]
 
 
 # --- main() returns the model it tested ---------------------------------------------------------
