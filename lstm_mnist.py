@@ -30,8 +30,7 @@ Part 4「教學的訓練設定之外」（要加參數才會啟用）、Part 5�
 # ---------------------------------------------------------------------------
 # 0. Imports (參照庫檔案)
 # ---------------------------------------------------------------------------
-# The tutorial's `optim.Adam` is `torch.optim.Adam` (section 4), its `T.ToTensor()` is
-# `.float().div(255)` (section 2). Most standard-library modules serve only Part 5.
+# 教學的 optim.Adam 就是 torch.optim.Adam；T.ToTensor() 在第 2 段寫成 .float().div(255)。
 # torchvision 和 matplotlib 在用到它們的函式裡才匯入（import），所以匯入這個檔案很快。
 
 import argparse
@@ -54,7 +53,6 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 # ---------------------------------------------------------------------------
 # 1. Hyperparameters (超參設定)
 # ---------------------------------------------------------------------------
-# The defaults, listed once: the tutorial's values, which the flags only override.
 # 預設值只寫一次；命令列參數只會覆蓋它們。數值就是教學的設定，印出的數字才能和教學對照。
 # 教學的 num_epoches 拼錯了，這裡叫 epochs。教學以外、要加參數才會啟用的功能，預設值在 Part 4 開頭。
 DEFAULTS = {
@@ -75,17 +73,16 @@ DEFAULTS = {
     "out_dir": "./outputs",  # RNN.pth, checkpoint.pt and the figures (存檔與圖的資料夾)
     "device": "auto",  # auto = CUDA, else Apple MPS, else CPU (教學的 use_gpu)
     "seed": 0,  # random seed: the same seed gives the same numbers (亂數種子)
-    "log_interval": 100,  # print the mean training loss every N batches
-    "max_batches": None,  # stop each epoch after N batches, for a quick look (None = all)
+    "log_interval": 100,  # print the mean training loss every N batches (每 N 批印一次)
+    "max_batches": None,  # N batches per epoch, a quick look (快速試跑；None = 全部)
 }
 
 
 def pick_device(name):
-    """The tutorial's `use_gpu = torch.cuda.is_available()`, extended to Apple GPUs (MPS)."""
-    # 依序找 NVIDIA GPU、Apple GPU（MPS），都沒有才用 CPU。教學在每一批呼叫 .cuda()；
-    # 這裡資料和模型只用 .to(device) 搬一次，同一份程式在 CPU 上也能跑。
+    """The tutorial's `use_gpu`, extended to Apple GPUs (MPS)."""
+    # 依序找 NVIDIA GPU、Apple GPU（MPS），都沒有才用 CPU；資料和模型只用 .to(device) 搬一次。
     if name != "auto":
-        return torch.device(name)  # --device cuda / mps was checked when it was parsed
+        return torch.device(name)  # --device cuda / mps: 解析參數時已確認可用
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
@@ -96,41 +93,34 @@ def pick_device(name):
 # ---------------------------------------------------------------------------
 # 2. The data (MINST數據集匯入)
 # ---------------------------------------------------------------------------
-# "MINST" is the tutorial's typo for MNIST, kept so that a search finds it.
-# 教學的 DataLoader 每個 epoch 都把每張圖重新轉成張量；這裡一開始就整批轉好，搬到裝置
-# （GPU 或 CPU）上，比較快。
+# MINST 是教學標題的拼字（應為 MNIST），保留下來，搜尋才找得到。
+# 教學的 DataLoader 每個 epoch 都把每張圖重新轉成張量；這裡一開始就整批轉好，搬到裝置上，比較快。
 
 
 def load_split(data_dir, dataset, train):
-    """Return (images, labels) of one split: (N, 28, 28) float32 in [0, 1] and (N,) int64."""
+    """(images, labels) of one split: (N, 28, 28) float32 in [0, 1] and (N,) int64."""
     from torchvision import datasets
 
     class_name = DATASETS[dataset][0]  # "MNIST" (or "FashionMNIST")
     ensure_raw_files(data_dir, class_name, train)  # Part 5: download if missing, check the files
     data = getattr(datasets, class_name)(data_dir, train=train)  # datasets.MNIST(root, train)
     check_labels(data, data_dir, class_name, train)  # Part 5: 只用 raw 檔；每張圖都有 0–9 的標籤
-    # 沒有通道維度：MNIST 是單通道的灰階圖，教學每批用 img.squeeze(1) 去掉它；
-    # 這裡一開始就是 (N, 28, 28)。
+    # 沒有通道維度：教學每批用 img.squeeze(1) 去掉它（MNIST 是單通道灰階圖），這裡一開始就沒有。
     images = data.data.float().div(255)  # what ToTensor does: uint8 0..255 -> float 0..1
     return images, data.targets  # (N, 28, 28), (N,)
 
 
 def load_data(data_dir, dataset, device, batch_size, seed, max_batches=None, val_size=0):
-    """The tutorial's train_loader and test_loader (on `device`), "val" and the generator."""
+    """The tutorial's train_loader and test_loader on `device`, "val" and the generator."""
     train_images, train_labels = load_split(data_dir, dataset, train=True)
     test_images, test_labels = load_split(data_dir, dataset, train=False)
-    if max_batches:  # a quick run also tests on a slice of the test set
+    if max_batches:  # --max-batches: 快速試跑時也只測試一小段測試資料
         n_test = max_batches * batch_size
         test_images, test_labels = test_images[:n_test], test_labels[:n_test]
-    val_loader = None
-    if val_size:  # Part 4: choose settings on held-out training images, never on the test set
-        (val_images, val_labels), (train_images, train_labels) = hold_out(
-            train_images, train_labels, val_size)
-        val_loader = make_loader(val_images.to(device), val_labels.to(device), EVAL_BATCH_SIZE,
-                                 shuffle=False)
-    generator = torch.Generator().manual_seed(seed)  # the data order's own random numbers
-    # make_loader (Part 5) = DataLoader(dataset, batch_size, shuffle), over tensors on the device.
-    # 訓練資料每個 epoch 重新洗牌（shuffle=True），測試資料不洗牌，和教學一樣。
+    # Part 4, --val-size: 從訓練資料留一部分當驗證集（"val"），不看測試集就能挑設定。
+    val_loader, train_images, train_labels = hold_out(train_images, train_labels, val_size, device)
+    generator = torch.Generator().manual_seed(seed)  # 資料順序有自己的亂數
+    # make_loader（Part 5）= DataLoader(dataset, batch_size, shuffle)；訓練資料每個 epoch 重新洗牌。
     train_loader = make_loader(train_images.to(device), train_labels.to(device), batch_size,
                                shuffle=True, generator=generator, max_batches=max_batches)
     # 測試不需要梯度，所以一批 500 張（教學是 100）比較快，結果相同。
@@ -142,8 +132,8 @@ def load_data(data_dir, dataset, device, batch_size, seed, max_batches=None, val
 # ---------------------------------------------------------------------------
 # 3. The model (定義LSTM結構)
 # ---------------------------------------------------------------------------
-# Each image row is one input x_t, so input_size=28. What flows through RNN(28, 128, 2, 10):
 # 每張圖的一列（教學說的「一行」，即 28 個像素）是一個輸入 x_t，也就是一個時間步。
+# RNN(28, 128, 2, 10) 裡流動的張量：
 #
 #   image (batch, 28, 28) = 28 rows x_0 ... x_27, each (batch, 28 pixels)
 #              x_0         x_1                 x_27
@@ -157,51 +147,39 @@ def load_data(data_dir, dataset, device, batch_size, seed, max_batches=None, val
 #                                 Linear(128 -> 10) (the classifer)
 #                                               |
 #                                10 scores (logits): (batch, 10)
-#
-# One [A] per layer, used at every row with the same weights (the tutorial's single A unit).
 # 每一層只有一個 A 單元，每一列都用同一組權重；第 2 層讀的是第 1 層每一步的 h_t。
-IN_DIM = 28  # in_dim = input_size: the 28 pixels of one row, read at each time step
+IN_DIM = 28  # in_dim = input_size: 一列的 28 個像素，每個時間步讀一列
 SEQ_LEN = 28  # 28 rows per image = 28 time steps (28 列 = 28 個時間步)
-N_CLASS = 10  # n_class: ten digits (or ten kinds of clothing)
+N_CLASS = 10  # n_class: 十個數字（或十種衣物）
 
 
 class RNN(nn.Module):
-    """nn.LSTM over the 28 rows of an image, then nn.Linear on the last time step.
-
-    `RNN(28, 128, 2, 10)` is the tutorial's model; keywords go to nn.LSTM (bias, dropout...).
-    """
+    """The tutorial's model: nn.LSTM over the 28 rows, nn.Linear on the last step."""
 
     def __init__(self, in_dim, hidden_dim, n_layer, n_class, **lstm_options):
         super().__init__()
         self.lstm = nn.LSTM(in_dim, hidden_dim, n_layer, **{"batch_first": True, **lstm_options})
         self.batch_first, self.bidirectional = self.lstm.batch_first, self.lstm.bidirectional
-        num_directions = 2 if self.bidirectional else 1
-        # `classifer` (sic) is the tutorial's name: RNN.pth's keys, so its own class loads our file.
-        # 沿用教學的拼字 classifer，教學自己的 class RNN 才能直接載入這裡存的 RNN.pth。
-        self.classifer = nn.Linear(num_directions * hidden_dim, n_class)
+        # 沿用教學的拼字 classifer（sic），教學自己的 class RNN 才能直接載入這裡存的 RNN.pth。
+        self.classifer = nn.Linear((2 if self.bidirectional else 1) * hidden_dim, n_class)
 
     def forward(self, images):  # images: (batch, 28 rows = time steps, 28 pixels)
         if not self.batch_first:
             images = images.transpose(0, 1)  # -> (28 time steps, batch, 28 pixels)
         # 沒有傳入 (h_0, c_0)，所以每張圖都從全零的狀態開始讀，和教學一樣。
         output, (h_n, c_n) = self.lstm(images)
-        # output: (batch, 28, num_directions * hidden_dim), (28, batch, ...) without batch_first:
-        #         the top layer's h_t at every step.
-        # h_n, c_n: (n_layer * num_directions, batch, hidden_dim): every layer's last h_t, c_t.
-        if self.bidirectional:
-            # The backward direction's output at the last row has read only that row; its
-            # final state h_n[-1] has read the whole image (h_n[-2]: the forward one's).
+        # output: (batch, 28, num_directions * hidden_dim)，最上層每一步的 h_t（沒有 batch_first
+        # 時是 (28, batch, ...)）；h_n, c_n: (n_layer * num_directions, batch, hidden_dim)
+        if self.bidirectional:  # 反向那一層在最後一列只讀了一列，要用它讀完整張圖的 h_n[-1]
             last = torch.cat([h_n[-2], h_n[-1]], dim=1)  # (batch, 2 * hidden_dim)
-        else:
-            # 教學的 out[:, -1, :]「即hn」：最後一個時間步的 output，
-            # 就是最上層讀完 28 列後的 h_n[-1]。
+        else:  # 教學的 out[:, -1, :]「即hn」：最後一步的 output 就是最上層的 h_n[-1]
             last = output[:, -1, :] if self.batch_first else output[-1]  # (batch, hidden_dim)
         # 接全連線層，得到 10 個分數（logits），還不是機率。
-        return self.classifer(last)  # (batch, n_class) scores (logits), one per class
+        return self.classifer(last)  # (batch, n_class) scores (logits)
 
 
 def build_model(hparams):
-    """The model of a dict of the model flags (MODEL_FLAGS); by default RNN(28, 128, 2, 10)."""
+    """The model the model flags ask for (MODEL_FLAGS): by default RNN(28, 128, 2, 10)."""
     if hparams["cell"] != "lstm" or hparams["pad_rows"]:
         return CellModel(hparams)  # Part 2: --cell gru / rnn, --pad-rows
     return RNN(IN_DIM, hparams["hidden_dim"], hparams["n_layer"], N_CLASS, **lstm_options(hparams))
@@ -216,7 +194,7 @@ def make_criterion_and_optimizer(model, lr, weight_decay=0.0):
     # 損失函數接收的是原始分數（logits），自己會做 log-softmax（教學說的「softmax 損失函數」），
     # 所以模型最後不必加 softmax。它傳回的是這一批的平均損失。
     criterion = nn.CrossEntropyLoss()
-    if weight_decay:  # Part 4: --weight-decay uses AdamW (Adam with decoupled weight decay)
+    if weight_decay:  # Part 4, --weight-decay: AdamW
         return criterion, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     return criterion, torch.optim.Adam(model.parameters(), lr=lr)  # 教學的 optim.Adam
 
@@ -226,22 +204,15 @@ def make_criterion_and_optimizer(model, lr, weight_decay=0.0):
 # ---------------------------------------------------------------------------
 
 
-def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interval=None,
-                    epoch_label=""):
-    """One pass over `loader`; returns (train_loss per image, train_acc in %, images seen).
-
-    Without `levers` (Part 4: the opt-in flags) each step is the tutorial's.
-    """
+def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interval=None, label=""):
+    """One pass over `loader`: (train_loss per image, train_acc in %, images seen)."""
     levers = levers or Levers()  # 不加 Part 4 的參數時 Levers() 什麼都不改：每一步就是教學的寫法
     model.train()  # 訓練模式：有 dropout 的話會開啟
-    device = next(model.parameters()).device
-    # 教學的 train_loss、train_acc 累加值；留在裝置上，不必每批都等 GPU 算完再 .item()。
-    loss_sum = torch.zeros((), device=device)
-    num_correct = torch.zeros((), dtype=torch.long, device=device)
-    num_seen = 0
+    # 教學的 train_loss、train_acc 累加值；是裝置上的張量，不必每批都等 GPU 算完再 .item()。
+    loss_sum, num_correct, num_seen = 0.0, 0, 0
     for i, (images, labels) in enumerate(loader, 1):  # images: (batch, 28, 28), labels: (batch,)
-        images = levers.augment(images)  # Part 4, --augment: warped at random; else unchanged
-        with levers.autocast:  # Part 4, --amp: mixed precision; else does nothing
+        images = levers.augment(images)  # Part 4, --augment: 隨機變形；預設不變
+        with levers.autocast:  # Part 4, --amp: 混合精度；預設什麼都不做
             out = model(images)  # (batch, 10) scores. 前向傳播，得到每一類的分數
         loss = criterion(out.float(), labels)  # 這一批的平均損失（--amp 時先轉回 float32）
         optimizer.zero_grad()  # 梯度清零
@@ -254,18 +225,17 @@ def train_one_epoch(model, loader, criterion, optimizer, levers=None, log_interv
         num_correct += (out.argmax(dim=1) == labels).sum()  # argmax = torch.max(out, 1)[1]
         num_seen += len(labels)
         if log_interval and i % log_interval == 0:
-            print(f"  epoch {epoch_label} | batch {i:>4}/{len(loader)} | "
-                  f"loss {loss_sum.item() / num_seen:.4f}")
+            print(f"  epoch {label} | batch {i:>4}/{len(loader)} | loss {loss_sum / num_seen:.4f}")
     # 損失的單位：教學把每批的平均加總後除以圖片數，等於「每張圖的平均 ÷ batch_size」；
     # 這裡印每張圖的平均，是它的 batch_size 倍（預設 100 倍：教學的 0.000106 是這裡的 0.0106）。
-    train_loss = loss_sum.item() / num_seen
-    train_acc = 100.0 * num_correct.item() / num_seen  # in %; the tutorial prints 0.996667
+    train_loss = float(loss_sum) / num_seen
+    train_acc = 100.0 * int(num_correct) / num_seen  # in %; the tutorial prints 0.996667
     return train_loss, train_acc, num_seen
 
 
 @torch.inference_mode()  # like the tutorial's torch.no_grad(). 測試時不需要梯度
 def evaluate(model, loader, criterion, autocast=contextlib.nullcontext()):
-    """Returns (eval_loss per image, eval_acc in %) of `model` on `loader`."""
+    """(eval_loss per image, eval_acc in %) of `model` on `loader`."""
     model.eval()  # 測試模式：dropout 失去作用
     loss_sum, num_correct, num_seen = 0.0, 0, 0
     for images, labels in loader:
@@ -278,10 +248,9 @@ def evaluate(model, loader, criterion, autocast=contextlib.nullcontext()):
 
 
 def fit(run, loaders, criterion, args):
-    """Train from epoch run.epoch + 1 to args.epochs; test and save after each epoch."""
-    split = "val" if loaders["val"] else "test"  # --val-size: held-out training images
+    """Train epochs run.epoch + 1 to args.epochs, testing and saving each (run.epoch: 已完成的)."""
+    split = "val" if loaders["val"] else "test"  # --val-size: 驗證集
     train_criterion = run.levers.train_criterion(criterion)  # criterion, or --label-smoothing's
-    # run.epoch：已完成的 epoch 數；新的訓練是 0，--resume 時從 checkpoint 讀回。
     for epoch in range(run.epoch + 1, args.epochs + 1):  # 教學的 for epoch in range(num_epoches)
         start = time.perf_counter()
         train_loss, train_acc, num_seen = train_one_epoch(
@@ -295,25 +264,24 @@ def fit(run, loaders, criterion, args):
         print(f"epoch {epoch:>2}/{args.epochs} | train loss {train_loss:.4f} "
               f"acc {train_acc:.2f}% | {split} loss {eval_loss:.4f} acc {eval_acc:.2f}% | "
               f"{seconds:.1f} s, {num_seen / train_seconds:.0f} img/s")
-        # Part 5：把這個 epoch 的結果記進 run.history（checkpoint.pt 和 curves.png 會用到）。
+        # Part 5：結果記進 run.history，再存 checkpoint.pt（整個訓練狀態），中斷後可以 --resume。
         run.end_epoch(epoch, train_loss, train_acc, split, eval_loss, eval_acc, seconds)
-        # 每個 epoch 結束都存 checkpoint.pt（整個訓練狀態），中斷後可以用 --resume 接續訓練。
-        save_checkpoint(run, args.out_dir)  # Part 5
+        save_checkpoint(run, args.out_dir)
 
 
 # ---------------------------------------------------------------------------
 # 6. Save the model (儲存模型)
 # ---------------------------------------------------------------------------
-# RNN.pth holds the weights alone, as in the tutorial; checkpoint.pt holds the whole run.
+# RNN.pth 和教學一樣只有權重；checkpoint.pt 是整個訓練狀態（第 5 段）。
 
 
 def save_model(model, out_dir):
-    """The tutorial's `torch.save(model.state_dict(), './RNN.pth')`, in --out-dir."""
+    """The tutorial's torch.save(model.state_dict(), './RNN.pth'), in --out-dir."""
     path = Path(out_dir) / "RNN.pth"
     # 只存權重（state_dict），不存模型物件；重新載入時先建一個新的 RNN，再把權重放進去（第 7 段）。
     # 存成 CPU 張量：在 GPU 上訓練的檔案，筆電用教學那一行 torch.load 也讀得到。
     weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    with atomic_file(path) as f:  # Part 5: a temporary file, renamed to RNN.pth once complete
+    with atomic_file(path) as f:  # Part 5: 先寫暫存檔，寫完才改名成 RNN.pth
         torch.save(weights, f)
     print(f"saved {path}")
     return path
@@ -325,13 +293,11 @@ def save_model(model, out_dir):
 
 
 def final_test(path, run, test_loader, criterion):
-    """Reload RNN.pth into a fresh RNN and test it; returns (model, loss, acc)."""
-    model = build_model(run.hparams).to(run.device)  # a fresh RNN(28, 128, 2, 10) by default
-    # The tutorial's `model.load_state_dict(torch.load('./RNN.pth'))`.
-    # 重新載入：新模型 + 存好的權重。weights_only=True 只讀取張量，不會執行檔案裡的程式碼。
+    """Reload RNN.pth into a fresh RNN and test it: (model, loss, acc)."""
+    model = build_model(run.hparams).to(run.device)  # 新的 RNN(28, 128, 2, 10)
+    # 教學的 model.load_state_dict(torch.load('./RNN.pth'))；weights_only=True 不執行檔案裡的程式碼
     model.load_state_dict(torch.load(path, map_location=run.device, weights_only=True))
-    ema = " (the moving average of the weights, --ema)" if run.settings["ema"] else ""
-    print("Final Test" + ema)
+    print("Final Test" + " (the moving average of the weights, --ema)" * bool(run.settings["ema"]))
     eval_loss, eval_acc = evaluate(model, test_loader, criterion)  # float32, even with --amp
     # 教學的 Final Test 除以批次數，本來就是每張圖的平均損失，和這裡一樣，不必換算。
     print(f"final test loss: {eval_loss:.4f}")
@@ -341,61 +307,49 @@ def final_test(path, run, test_loader, criterion):
 # ---------------------------------------------------------------------------
 # 8. Look at a prediction (提取一個範例進行直觀認識)
 # ---------------------------------------------------------------------------
-# The tutorial's plt.imshow is never shown or saved, and its `.cuda()` here fails on a CPU.
-# 圖都存成 --out-dir 裡的 PNG 檔（加 --show 才會開視窗），所以沒有螢幕的機器也能跑。
+# 教學這段的 .cuda() 在沒有 GPU 的機器上會出錯；它的 plt.imshow 在腳本裡不會顯示也不會存檔。
+# 這裡的圖都存成 --out-dir 裡的 PNG 檔（加 --show 才會開視窗），所以沒有螢幕的機器也能跑。
 
 
 @torch.inference_mode()
 def show_example(model, test_loader, class_names):
     """Print test image 0's label, its 10 scores and the predicted class; returns the class."""
-    images, labels = test_loader.dataset.tensors  # (N, 28, 28), (N,): the test set, in order
+    images, labels = test_loader.dataset.tensors  # (N, 28, 28), (N,): 測試集，依原順序
     model.eval()
     # 教學餵 imgs[0]，形狀 (1, 28, 28)：通道維度剛好當成「一張圖的批次」。
     output = model(images[:1]).float().cpu()  # (1, 28, 28) -> (1, 10): one score per class
-    pred = int(output.argmax(dim=1))  # 分數最高的類別，就是預測（教學的 torch.max(output, 1)[1]）
-    label = int(labels[0])
+    pred, label = int(output.argmax(dim=1)), int(labels[0])  # 分數最高的類別就是預測（torch.max）
     print(f"test image 0: label {class_names[label]}, scores {output[0]}")
     print(f"test image 0: label {class_names[label]}, pred {class_names[pred]}")
     return pred
 
 
+@torch.inference_mode()
 def plot_scores(model, image, label, class_names, path):
-    """scores.png: the tutorial's one example, test image 0, beside its 10 class probabilities."""
+    """scores.png: the tutorial's example, test image 0, beside its 10 class probabilities."""
     import matplotlib.pyplot as plt
 
-    with torch.inference_mode():
-        model.eval()
-        scores = model(image.unsqueeze(0))[0].float().cpu()  # (1, 28, 28) -> (10,) logits
+    scores = model.eval()(image.unsqueeze(0))[0].float().cpu()  # (1, 28, 28) -> (10,) logits
     probs = scores.softmax(dim=0)  # 用 softmax 把分數換成機率（加起來是 1）
-    fig, (ax_image, ax_bars) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (ax_image, ax_bars) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
     ax_image.imshow(image.cpu().numpy(), cmap="gray")  # 教學的 plt.imshow(show.numpy())
-    ax_image.set_title(f"test image 0: true {class_names[label]}")
-    ax_image.axis("off")
+    ax_image.set(title=f"test image 0: true {class_names[label]}", xticks=[], yticks=[])
     colors = ["tab:green" if i == label else "tab:blue" for i in range(len(class_names))]
     ax_bars.bar(range(len(class_names)), probs.tolist(), color=colors)
     ax_bars.set_xticks(range(len(class_names)), class_names,
                        rotation=45 if len(class_names[0]) > 1 else 0)
-    ax_bars.set_ylim(0, 1)
-    ax_bars.set_ylabel("probability (softmax of the scores)")
-    ax_bars.set_title(f"pred {class_names[int(probs.argmax())]} / true {class_names[label]}")
-    fig.tight_layout()
-    fig.savefig(path)  # 存成檔案，而不是只在螢幕上畫
-    plt.close(fig)
+    ax_bars.set(ylim=(0, 1), ylabel="probability (softmax of the scores)",
+                title=f"pred {class_names[int(probs.argmax())]} / true {class_names[label]}")
+    save_figure(fig, path)  # fig.savefig(path)：存成檔案，而不是只在螢幕上畫
 
 
 def draw_figures(model, test_loader, history, class_names, out_dir, show):
     """scores.png here, the other figures in Part 1; returns {name: path}."""
-    use_windows(show)  # Part 1: draw to files only, unless --show asks for windows too
+    use_windows(show)  # Part 1: 只存成檔案；加 --show 才開視窗
+    paths = {name: Path(out_dir) / f"{name}.png" for name in FIGURES}  # Part 1: scores.png ...
     images, labels = test_loader.dataset.tensors
-    names = ("predictions", "scores", "curves", "reading", "gates", "mistakes", "memory")
-    paths = {name: Path(out_dir) / f"{name}.png" for name in names}
     plot_scores(model, images[0], int(labels[0]), class_names, paths["scores"])  # 教學的那個例子
-    draw_more_figures(model, test_loader, history, class_names, paths)  # Part 1: 其他的圖
-    for path in paths.values():
-        print(f"saved {path}")
-    if show:
-        show_figures(paths)
-    return paths
+    return draw_more_figures(model, test_loader, history, class_names, paths, show)  # Part 1
 
 
 # ---------------------------------------------------------------------------
@@ -404,47 +358,46 @@ def draw_figures(model, test_loader, history, class_names, out_dir, show):
 
 
 def run_tutorial(args, argv, ctrl_c):
-    """Sections 1 to 8, in the tutorial's order, with the flags in `args`; returns the results."""
-    # 1. 超參設定: the device (the tutorial's use_gpu), the device: and config: lines, the seed
+    """Sections 1 to 8 in the tutorial's order, with the flags in `args`; returns the results."""
+    # 1. 超參設定：裝置（教學的 use_gpu）、印出 device: 和 config:、亂數種子
     device = pick_device(args.device)
     precision = prepare_run(args, device, argv)  # Part 5: 印 device:、config:；--amp 的設定
     torch.manual_seed(args.seed)  # 固定初始權重和 dropout 的亂數（資料順序另有 generator）
     # 2. MINST數據集匯入
     loaders = load_data(args.data_dir, args.dataset, device, args.batch_size, args.seed,
                         args.max_batches, args.val_size)
-    # 3. 定義LSTM結構: the tutorial's RNN(28, 128, 2, 10), then its .cuda()
+    # 3. 定義LSTM結構：教學的 RNN(28, 128, 2, 10)，再 .to(device)（教學的 .cuda()）
     model = build_model(model_hparams(args)).to(device)  # model_hparams: nn.LSTM 的參數
     # 4. 定義損失函數和優化器
     criterion, optimizer = make_criterion_and_optimizer(model, args.lr, args.weight_decay)
-    # 5. 訓練和測試過程。run 把 model、optimizer、Part 4 的 levers、epoch、history 包在一起；
-    # --resume / --eval-only 時從 checkpoint.pt 讀回（Part 5）
+    # 5. 訓練和測試過程。run（Part 5）包住 model、optimizer、levers、epoch、history；--resume 時讀回
     run = start_run(model, optimizer, loaders, args, precision)
     if not args.eval_only:
         with explain_interrupt(run, argv, ctrl_c):  # Part 5: Ctrl-C says how to go on
             fit(run, loaders, criterion, args)
-    # 6. 儲存模型: the trained model (with --ema, its average)
+    # 6. 儲存模型（--ema 時存權重的移動平均）
     path = save_model(run.tested, args.out_dir)
     # 7. 最終效能測試（準確率在最後一行 final test accuracy 印出）
     model, test_loss, test_acc = final_test(path, run, loaders["test"], criterion)
     # 8. 提取一個範例進行直觀認識
     class_names = DATASETS[args.dataset][1]  # "0" to "9" for MNIST
     show_example(model, loaders["test"], class_names)
-    figures = draw_figures(model, loaders["test"], run.history, class_names, args.out_dir, args.show)
+    figures = draw_figures(model, loaders["test"], run.history, class_names, args.out_dir,
+                           args.show)
     print(f"final test accuracy: {test_acc:.2f}%")
-    return {"device": str(device), "model": model, "history": run.history, "test_loss": test_loss,
-            "final_test_acc": test_acc, "weights": path, "figures": figures,
+    return {"device": str(device), "model": model, "history": run.history, "weights": path,
+            "test_loss": test_loss, "final_test_acc": test_acc, "figures": figures,
             "checkpoint": checkpoint_path(args.out_dir)}
 
 
 def main(argv=None):
     """Run the tutorial's pipeline with the flags in `argv` (default: the command line)."""
-    # 整個流程的目錄在 run_tutorial()：依序是第 1 到第 8 段；Part 1 到 5 在 main() 後面，可以先跳過。
-    argv = command_line(argv)  # Part 5: sys.argv[1:] ([] in a Jupyter notebook)
-    args = parse_args(argv)  # Part 5: the flags override DEFAULTS; each is checked first
-    with one_line_errors() as ctrl_c:  # Part 5: a problem you can fix: one line, no traceback
-        if (result := side_trip(args, argv, ctrl_c)) is not None:  # Part 5: --predict, ...
-            return result
-        return run_tutorial(args, argv, ctrl_c)
+    # 流程的目錄在上面的 run_tutorial()：第 1 到第 8 段；Part 1 到 5 在 main() 後面，可以先跳過。
+    argv = command_line(argv)  # Part 5: sys.argv[1:]（在 Jupyter 裡是 []）
+    args = parse_args(argv)  # Part 5: 參數覆蓋 DEFAULTS，每個都先檢查
+    with one_line_errors() as ctrl_c:  # Part 5: 能自己修的問題只印一行，不印 traceback
+        # Part 5: --show-shapes、--predict、--compare-cells 另有用途；否則跑第 1 到第 8 段。
+        return side_trip(args, argv, ctrl_c) or run_tutorial(args, argv, ctrl_c)
 
 
 # ===========================================================================
@@ -602,8 +555,7 @@ def plot_predictions(model, images, labels, class_names, path):
                      color="black" if pred == label else "red")
     fig.suptitle("First test images and the model's predictions (mistakes in red)")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_curves(history, path):
@@ -627,8 +579,7 @@ def plot_curves(history, path):
         ax.legend()
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @torch.inference_mode()
@@ -718,8 +669,7 @@ def plot_reading(model, images, labels, probs, class_names, path):
     fig.suptitle("Reading row by row: softmax(classifier(output[:, t])) after each row t (true class in green)\n"
                  f"From the row just above the orange line on (never above the first row with ink) the final "
                  f"answer keeps p >= {SETTLED_PROB:g}; the rows after it are dimmed")
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_gates(model, image, label, class_names, path):
@@ -755,8 +705,7 @@ def plot_gates(model, image, label, class_names, path):
     direction = ", forward direction" if lstm.bidirectional else ""
     fig.suptitle(f"Inside the top LSTM layer{direction}, row by row, computed by lstm_by_hand: the {len(units)} of "
                  f"{lstm.hidden_size} units whose cell state varies most over the rows, in that order")
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def draw_confusion(ax, labels, preds, class_names):
@@ -805,16 +754,23 @@ def plot_mistakes(images, labels, probs, class_names, path):
     fig.suptitle(f"{num_wrong} mistakes in {len(labels)} test images. Left: how often each true class (row) was "
                  f"predicted as each class (column).\nRight: the {len(wrong)} mistakes made with the highest "
                  f"probability, titled true / pred (probability)")
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def draw_more_figures(model, test_loader, history, class_names, paths):
-    """Every figure but section 8's scores.png: predictions, curves, reading, gates, mistakes, memory."""
+FIGURES = ("predictions", "scores", "curves", "reading", "gates", "mistakes", "memory")  # each a .png
+
+
+def draw_more_figures(model, test_loader, history, class_names, paths, show=False):
+    """Every figure but section 8's scores.png, then the saved paths printed (and --show's windows)."""
     images, labels = test_loader.dataset.tensors
     plot_predictions(model, images, labels, class_names, paths["predictions"])
     plot_curves(history, paths["curves"])
     draw_inside_figures(model, test_loader, class_names, paths)
+    for path in paths.values():
+        print(f"saved {path}")
+    if show:
+        show_figures(paths)
+    return paths
 
 
 def draw_inside_figures(model, test_loader, class_names, paths):
@@ -841,6 +797,18 @@ def skip_figure(paths, name, why):
     removed = "; removed the earlier run's" if path.exists() else ""
     path.unlink(missing_ok=True)
     print(f"{name}.png skipped: {why}{removed}")
+
+
+def save_figure(fig, path):
+    """fig.savefig(path), then plt.close(fig); a write that fails (a full disk) names the file."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.savefig(path)
+    except OSError as err:
+        raise RunError(f"cannot write {path} ({err.strerror or err})") from None
+    finally:
+        plt.close(fig)
 
 
 def use_windows(show):
@@ -1038,13 +1006,15 @@ def plot_memory(model, test_loader, path):
         ax.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
     ax.set_yscale("log")  # the dependence fades by factors: equal steps down are equal factors
     ax.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|  (L2 norm over the row's pixels)")
-    ax.set_title(f"How much the answer depends on each row: the gradient of the true class's score, "
-                 f"over {n_images} test images\nLow on the early rows = forgotten by the last step "
-                 f"(untrained, even an LSTM forgets: its forget gates sit near 0.5)", fontsize=10)
+    # One direction reads row 0 first and row 27 last; with --bidirectional the other reads them the
+    # other way round, so both ends of the image are near the answer and the curve dips in the middle.
+    low_rows = "in the middle = far from both ends" if model.bidirectional else "on the early rows = forgotten"
+    ax.set_title(f"How much the answer depends on each row: the gradient of the true class's score, over "
+                 f"{n_images} test images\nLow {low_rows} by the last step (untrained, even an LSTM forgets: "
+                 f"its forget gates sit near 0.5)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return curves
 
 
@@ -1164,8 +1134,7 @@ def plot_cells(results, path):
     for ax in (ax_error, ax_memory):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -1483,8 +1452,7 @@ def plot_predict(model, done, path):
     fig.suptitle("--predict: each image as given, the 28x28 MNIST would have made of it, "
                  "and the class\nprobabilities after each row (yellow = likely); "
                  "from the orange line on the answer holds", fontsize=10)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ===========================================================================
@@ -1520,13 +1488,17 @@ RECIPES = {
 VAL_SPLIT_SEED = 12345  # fixes which images --val-size holds out, whatever --seed is
 
 
-def hold_out(images, labels, val_size):
-    """Split `val_size` images off the training set at random: ((val images, labels), (train images, labels))."""
+def hold_out(images, labels, val_size, device):
+    """Split `val_size` training images off at random: (their loader on `device`, or None when 0;
+    the training images left; their labels)."""
+    if not val_size:
+        return None, images, labels
     if val_size >= len(images):
         raise RunError(f"--val-size {val_size} leaves no training images (the set has {len(images)})")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
     val_part, train_part = order[:val_size], order[val_size:]
-    return (images[val_part], labels[val_part]), (images[train_part], labels[train_part])
+    val_loader = make_loader(images[val_part].to(device), labels[val_part].to(device), EVAL_BATCH_SIZE, False)
+    return val_loader, images[train_part], labels[train_part]
 
 
 # --- The levers: what the opt-in flags change in training -----------------------------
@@ -1848,7 +1820,7 @@ def one_line(err):
     if OUT_OF_MEMORY.search(str(err)):
         asked = re.search(r"tried to allocate ([\d.]+ ?\w+)", str(err), re.IGNORECASE)
         return (f"out of memory{f' (asked for {asked.group(1)})' if asked else ''}: lower "
-                "--batch-size or --hidden-dim (or --n-layer), or run on a device with more memory")
+                "--batch-size or --hidden-dim (or --n-layer, --pad-rows), or run on a device with more memory")
     return None
 
 
