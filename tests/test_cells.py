@@ -1,5 +1,7 @@
 """Why an LSTM (Part 1's last subsection): --cell, --pad-rows, memory.png and --compare-cells."""
 
+import shlex
+
 import pytest
 import torch
 from conftest import fails, lstm_mnist
@@ -169,6 +171,23 @@ def test_another_cell_or_pad_rows_is_refused_on_eval_only_and_resume(run_main, t
     assert run_main("--eval-only", "--cell", "gru")["final_test_acc"] >= 0  # the same cell reloads
 
 
+def test_eval_only_and_resume_read_the_model_flags_from_the_checkpoint(run_main, tiny_data, tmp_path, capsys):
+    first = run_main("--epochs", 1, "--max-batches", 2, "--cell", "gru")
+    capsys.readouterr()
+    again = run_main("--eval-only", "--max-batches", 2)  # no --cell gru typed: the checkpoint says gru
+    out = capsys.readouterr().out
+    assert "model: 2 x 16 GRU;" in out and "LSTM" not in out and "cell=gru" in out  # the config line too
+    assert again["final_test_acc"] == first["final_test_acc"]
+    resumed = run_main("--resume", "--epochs", 2, "--max-batches", 2)
+    assert type(lstm_mnist.recurrent_layer(resumed["model"])) is torch.nn.GRU and len(resumed["history"]) == 2
+    capsys.readouterr()
+    for flag in ("--eval-only", "--resume"):
+        err = fails(capsys, ["--device", "cpu", "--hidden-dim", "16", "--batch-size", "50", "--data-dir", tiny_data,
+                             "--out-dir", tmp_path / "out", "--max-batches", "2", flag, "--cell", "lstm"], 1)
+        assert "cell=gru" in err and "cell=lstm" in err and "leave --cell out" in err
+        assert "model:" not in capsys.readouterr().out  # refused before any model line
+
+
 def test_a_checkpoint_from_before_cell_and_pad_rows_reads_as_an_lstm(run_main, tiny_data, tmp_path, capsys):
     result = run_main("--epochs", 1, "--max-batches", 2)
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
@@ -193,6 +212,8 @@ def test_flags_that_only_an_lstm_has_are_refused_for_the_other_cells(capsys):
 def test_compare_cells_trains_all_three_and_prints_one_table(run_main, tmp_path, capsys):
     result = run_main("--compare-cells", "--epochs", 1, "--max-batches", 2, "--pad-rows", 1)
     out = capsys.readouterr().out
+    plan = out.splitlines()[0]  # said before anything is trained
+    assert plan.startswith("--compare-cells: 3 runs (lstm, gru, rnn), 1 epoch each; about ") and " min on " in plan
     assert [row["cell"] for row in result["cells"]] == ["lstm", "gru", "rnn"]
     table = out[out.rindex("final test | s/epoch"):].splitlines()[1:4]
     for row, line in zip(result["cells"], table):
@@ -222,3 +243,66 @@ def test_the_figures_read_the_zero_rows_too(tmp_path, capsys):
     lstm = lstm_mnist.build_model(hparams(pad_rows=3, hidden_dim=8))
     lstm_mnist.plot_gates(lstm, images[0], int(labels[0]), lstm_mnist.DATASETS["mnist"][1], tmp_path / "gates.png")
     assert (tmp_path / "gates.png").exists()
+
+
+def test_compare_cells_interrupted_in_its_second_cell_finishes_with_the_printed_command(
+        run_main, tiny_data, tmp_path, monkeypatch, capsys):
+    train, calls = lstm_mnist.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C in the second cell's second epoch
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return train(*args, **kwargs)
+
+    argv = ["--compare-cells", "--epochs", 2, "--max-batches", 2]
+    monkeypatch.setattr(lstm_mnist, "train_one_epoch", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(*argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130 and f"{tmp_path / 'out' / 'gru' / 'checkpoint.pt'} holds epoch 1" in err
+    command = shlex.split(err.split("continue with: ")[1])[2:]  # after the python and the script's path
+    assert command[-1] == "--resume" and "--compare-cells" in command
+    monkeypatch.setattr(lstm_mnist, "train_one_epoch", train)
+    result = lstm_mnist.main(command)
+    assert [row["cell"] for row in result["cells"]] == ["lstm", "gru", "rnn"] and result["figure"].exists()
+    assert all(len(runs[0]["history"]) == 2 for runs in result["results"].values())
+    out = capsys.readouterr().out
+    assert "resuming after epoch 2" in out and "resuming after epoch 1" in out  # lstm reloaded, gru went on
+
+
+def test_compare_cells_with_seeds_prints_the_mean_of_each_cell(run_main, tmp_path, capsys):
+    result = run_main("--compare-cells", "--epochs", 1, "--max-batches", 2, "--seeds", 0, 1)
+    out = capsys.readouterr().out
+    assert "6 runs (lstm, gru, rnn, seeds 0 1)" in out.splitlines()[0]
+    for row in result["cells"]:
+        finals = [run["final_test_acc"] for run in result["results"][row["cell"]]]
+        assert row["final_test_acc"] == pytest.approx(sum(finals) / 2) and row["final_range"] == (min(finals),
+                                                                                                  max(finals))
+        assert (tmp_path / "out" / f"{row['cell']}-seed1" / "RNN.pth").exists()
+    assert "mean of 2 seeds" in out
+
+
+@pytest.mark.parametrize("argv", [["--predict", "x.png", "--compare-cells"], ["--show-shapes", "--predict", "x.png"],
+                                  ["--compare-cells", "--show-shapes"], ["--seeds", "1", "2"],
+                                  ["--predict", "x.png", "--resume"]])
+def test_flags_that_do_something_else_are_refused_together(argv, capsys):
+    err = fails(capsys, argv, 2)
+    assert "not allowed with" in err or "only with --compare-cells" in err
+
+
+def test_the_memory_caption_says_what_low_means_under_bidirectional(monkeypatch, tmp_path):
+    titles = []
+    monkeypatch.setattr(lstm_mnist, "save_figure", lambda fig, path: titles.append(fig.axes[0].get_title()))
+    images, labels = tiny_images(8)
+    loader = lstm_mnist.make_loader(images, labels, lstm_mnist.EVAL_BATCH_SIZE, False)
+    for bidirectional in (False, True):
+        model = lstm_mnist.build_model(hparams(hidden_dim=8, bidirectional=bidirectional))
+        lstm_mnist.plot_memory(model, loader, tmp_path / "memory.png")
+    assert "Low on the early rows = forgotten" in titles[0]
+    assert "forgotten" not in titles[1] and "in the middle" in titles[1]
+
+
+def test_the_out_of_memory_line_names_pad_rows_too():
+    line = lstm_mnist.one_line(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert "--pad-rows" in line and "--batch-size" in line and "2.00 GiB" in line

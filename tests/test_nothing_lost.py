@@ -246,6 +246,50 @@ def test_a_checkpoint_that_cannot_be_written_says_the_last_one_is_intact(
     assert not list(out_dir.glob("*.tmp"))
 
 
+def with_file_size_limit(limit, tiny_data, out_dir, *args):
+    """Run the script in a child process that may write files of at most `limit` bytes (RLIMIT_FSIZE):
+    a write beyond it fails as on a full disk (Python ignores SIGXFSZ, so the write fails with EFBIG)."""
+    import resource
+
+    return subprocess.run([sys.executable, str(REPO / "lstm_mnist.py"), *argv(tiny_data, out_dir, *args)],
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is Unix only")
+def test_a_real_file_size_limit_ends_in_one_line_and_keeps_the_files_there(shared_run, copy_of, tiny_data):
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
+    before = {path.name: path.read_bytes() for path in out_dir.iterdir()}
+    sizes = {name: len(data) for name, data in before.items()}
+    # checkpoint.pt is larger than RNN.pth: a limit between the two stops the checkpoint only.
+    done = with_file_size_limit((sizes["RNN.pth"] + sizes["checkpoint.pt"]) // 2, tiny_data, out_dir,
+                                "--epochs", "2", "--resume")
+    path = out_dir / "checkpoint.pt"
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1] == (f"lstm_mnist.py: error: cannot write {path} (File too large); "
+                                            f"the checkpoint.pt already there is intact")
+    assert {path.name: path.read_bytes() for path in out_dir.iterdir() if "previous" not in path.name} == before
+    # --eval-only writes RNN.pth alone: a limit below its size stops it there.
+    done = with_file_size_limit(sizes["RNN.pth"] // 2, tiny_data, out_dir, "--eval-only")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr == (f"lstm_mnist.py: error: cannot write {out_dir / 'RNN.pth'} (File too large); "
+                           f"the RNN.pth already there is intact\n")
+    assert (out_dir / "RNN.pth").read_bytes() == before["RNN.pth"] and not list(out_dir.glob("*.tmp"))
+
+
+def test_a_figure_that_cannot_be_written_is_named(tmp_path, monkeypatch, capsys):
+    import matplotlib.figure
+
+    def full(self, *args, **kwargs):  # what a file size limit or a full disk gives: no file name in it
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    model = lstm_mnist.build_model(lstm_mnist.model_hparams(lstm_mnist.parse_args(["--hidden-dim", "8"])))
+    images = torch.rand(4, 28, 28)
+    with pytest.raises(lstm_mnist.RunError, match=f"cannot write {tmp_path / 'scores.png'} \\(File too large\\)"):
+        lstm_mnist.plot_scores(model, images[0], 3, lstm_mnist.DATASETS["mnist"][1], tmp_path / "scores.png")
+
+
 def refuses_huge_allocations():
     """True where the kernel refuses an allocation beyond RAM and swap at once (Linux, overcommit 0 or 2);
     elsewhere it may grant it and kill the process when the pages are touched."""

@@ -380,3 +380,29 @@ def write_folder(folder, n, data_dir=REAL_DATA):
 
 if __name__ == "__main__":
     write_folder(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 100)
+
+
+def test_a_fashion_checkpoint_is_refused_without_advice_that_would_fail(shared_run, copy_of, tmp_path, capsys):
+    out_dir = copy_of(shared_run("--epochs", "1", "--dataset", "fashion-mnist")["out_dir"])
+    drawn_seven().save(tmp_path / "seven.png")
+    err = fails(capsys, predict_argv(out_dir, tmp_path / "seven.png"), 1)
+    assert "was trained on fashion-mnist" in err and "needs a model trained on mnist" in err
+    assert "--dataset" not in err  # --predict --dataset fashion-mnist would be refused in turn
+
+
+def test_after_an_interrupted_run_it_reads_the_last_finished_one_and_says_so(shared_run, copy_of, tmp_path, capsys):
+    out_dir = copy_of(shared_run("--epochs", "1")["out_dir"])
+    for name in ("checkpoint", "RNN"):  # as a fresh run's first save leaves them, interrupted
+        kind = ".pt" if name == "checkpoint" else ".pth"
+        (out_dir / f"{name}{kind}").rename(out_dir / f"{name}.previous{kind}")
+    checkpoint = torch.load(out_dir / "checkpoint.previous.pt", weights_only=True)
+    checkpoint["run"] = {"id": "another", "finished": False}
+    torch.save(checkpoint, out_dir / "checkpoint.pt")
+    drawn_seven().save(tmp_path / "seven.png")
+    lstm_mnist.main(predict_argv(out_dir, tmp_path / "seven.png"))
+    out = capsys.readouterr().out
+    assert (f"model: {out_dir / 'RNN.previous.pth'} (1 epoch, {out_dir / 'checkpoint.previous.pt'}, the last "
+            f"finished run: {out_dir / 'checkpoint.pt'} holds an unfinished one)") in out
+    (out_dir / "RNN.previous.pth").unlink()
+    err = fails(capsys, predict_argv(out_dir, tmp_path / "seven.png"), 1)
+    assert f"no finished model in {out_dir}" in err and "--resume" in err and "--eval-only" in err
