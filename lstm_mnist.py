@@ -832,9 +832,14 @@ def show_figures(paths):
 
 # ===========================================================================
 # Part 2. Why an LSTM (為什麼用 LSTM，不用簡單的 RNN？)
-# For the learner who asks whether the tutorial's claim holds: a plain RNN and a GRU in
-# nn.LSTM's place (--cell), rows of zeros that make the model remember longer (--pad-rows),
-# memory.png (every run) and --compare-cells, which trains the three cells side by side.
+# For the learner who asks whether the tutorial's claim holds: it says a simple RNN forgets the
+# early part of a sequence and the LSTM solves this (它解決了RNN會遺忘序列前段資訊的問題). Measured:
+#   --cell gru / rnn   nn.GRU or nn.RNN (tanh, no gates) where nn.LSTM was: same sizes, same flags;
+#   --pad-rows K       K rows of zeros after each image's 28: the answer comes K steps after the digit;
+#   memory.png         (every run) how much the answer depends on each row it read;
+#   --compare-cells    lstm, gru and rnn trained one after another: one table and cells.png.
+# 把 nn.LSTM 換成 nn.GRU 或 nn.RNN，在每張圖後面補 K 列零，再量一量誰還記得前面的列。
+# The default run never meets this code: build_model makes the tutorial's RNN for --cell lstm, K = 0.
 # ===========================================================================
 
 # The flags of this part; the rest of DEFAULTS (section 1), like BEYOND_DEFAULTS (Part 4).
@@ -845,18 +850,6 @@ CELL_DEFAULTS = {
     "seeds": None,  # --compare-cells: one run per seed in this list, and the mean (None: --seed alone)
 }
 
-
-# --- Why an LSTM: a plain RNN and a GRU beside it (為什麼用 LSTM，不用簡單的 RNN？) -------
-# The tutorial says a simple RNN forgets the early part of a sequence, and that the LSTM solves
-# this (它解決了RNN會遺忘序列前段資訊的問題). These flags measure the claim instead of taking it on trust:
-#   --cell gru / rnn   nn.GRU or nn.RNN (tanh, no gates) where nn.LSTM was: same sizes, same flags;
-#   --pad-rows K       K rows of zeros after each image's 28, so the answer comes K steps after
-#                      the digit ended: the memory the tutorial speaks of, as long as you like;
-#   memory.png         (every run) how much the answer depends on each row it read;
-#   --compare-cells    lstm, gru and rnn trained one after another: one table and cells.png.
-# The default run never meets this code: build_model makes the tutorial's RNN for --cell lstm, K = 0.
-# 教學說簡單的 RNN 會忘記序列前段，LSTM 解決了這個問題。這裡把 nn.LSTM 換成 nn.GRU 或 nn.RNN，
-# 在每張圖後面補 K 列零（答案要在數字結束 K 步之後才給），再量一量誰還記得前面的列。
 # nn.RNN is the tutorial's simple RNN: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), no gates, no c.
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 MEMORY_IMAGES = 1000  # memory.png: the first this many test images (all of a smaller test set)
@@ -872,11 +865,9 @@ def with_zero_rows(images, pad_rows):
 
 
 class CellModel(nn.Module):
-    """The tutorial's RNN with nn.GRU or nn.RNN in nn.LSTM's place (--cell), reading K zero rows
-    after each image (--pad-rows K). Still classifies from the top layer's output at the last step.
-
-    The recurrent layer is registered under the cell's name, so the state_dict's keys say what
-    it is: lstm.* (as in RNN), gru.* or rnn.*; the classifier keeps the tutorial's classifer.*.
+    """The tutorial's RNN with nn.GRU or nn.RNN in nn.LSTM's place (--cell), reading K zero rows after
+    each image (--pad-rows K). The layer is registered under the cell's name, so the state_dict's keys
+    say what it is: lstm.*, gru.* or rnn.*, and the tutorial's classifer.*.
     """
 
     def __init__(self, hparams):
@@ -947,12 +938,11 @@ def describe_model(model):
 
 
 def memory_profile(model, images, labels):
-    """|d score_true / d x_t| for every row t the model reads: (n_images, 28 + K rows), on the CPU.
+    """|d score_true / d x_t| for every row t read: (n_images, 28 + K rows), on the CPU.
 
-    score_true is the true class's score (the logit, before softmax); x_t is input row t, the
-    image's rows and then the K zero rows; |.| is the length (L2 norm) of the gradient over
-    the row's 28 pixels. A row the answer no longer depends on gets a gradient near 0: the
-    model has forgotten it (distill.pub, "Visualizing memorization in RNNs", uses the same measure).
+    score_true is the true class's logit; x_t is input row t (the image's rows, then the K zero rows);
+    |.| is the L2 norm over the row's 28 pixels. A row the answer no longer depends on gets a gradient
+    near 0: forgotten (distill.pub, "Visualizing memorization in RNNs", uses the same measure).
     """
     model.eval()  # no dropout
     rows = padded(model, images).detach().requires_grad_()  # (n, 28 + K, 28)
@@ -1510,11 +1500,9 @@ AUGMENT_SCALE = 0.1  # ...and scale it by up to this fraction, each image at ran
 
 
 class Levers:
-    """The opt-in changes to training; `Levers()` is none of them: the tutorial's step.
-
-    train_one_epoch (section 5) calls two hooks: augment(images) before the forward pass,
-    and, where step_changed, step(loss) in place of loss.backward() and optimizer.step().
-    It also runs the forward pass under `autocast` (--amp; otherwise a no-op).
+    """The opt-in changes to training; `Levers()` is none of them: the tutorial's step. train_one_epoch
+    calls augment(images) before the forward pass, runs it under `autocast` (--amp), and where
+    step_changed calls step(loss) in place of loss.backward() and optimizer.step().
     """
 
     def __init__(self, model=None, optimizer=None, augment=False, precision=None, scheduler=None, ema=None,
@@ -1565,25 +1553,18 @@ def make_levers(model, optimizer, args, steps_per_epoch, precision):
 
 
 def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
-    """--one-cycle: the learning rate warms up to ONE_CYCLE_PEAK * lr, then anneals to ~0.
-
-    Warming up lets a 5x higher rate be used without the first steps blowing up, and
-    annealing to ~0 lets the weights settle at the end. PyTorch's OneCycleLR, with its
-    defaults: the rate starts at 1/25 of the peak (0.2x --lr), rises for the first 30% of
-    the steps, and Adam's beta1 (its momentum) moves the other way, 0.95 -> 0.85 -> 0.95.
+    """--one-cycle: the rate warms up to ONE_CYCLE_PEAK * lr, then anneals to ~0 (PyTorch's OneCycleLR:
+    it starts at 1/25 of the peak, rises for the first 30% of the steps, and Adam's beta1 moves the other
+    way, 0.95 -> 0.85 -> 0.95). Warming up lets a 5x higher rate be used; annealing lets the weights settle.
     """
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=ONE_CYCLE_PEAK * lr,
                                                total_steps=epochs * steps_per_epoch)
 
 
 def make_ema(model, decay):
-    """--ema: a copy of the model whose weights follow an exponential moving average.
-
-    After every step, ema = d * ema + (1 - d) * weights, so it averages over the last
-    ~1 / (1 - d) steps and smooths out the noise of single batches. d warms up to `decay`
-    as min(decay, (1 + n) / (10 + n)) after n updates: with a fixed 0.999 the average
-    would stay close to the random start for the first thousand steps. PyTorch's
-    AveragedModel does the bookkeeping; `ema.module` is an ordinary RNN.
+    """--ema: a copy of the model whose weights follow ema = d * ema + (1 - d) * weights after every step,
+    an average over the last ~1 / (1 - d) steps that smooths out the noise of single batches. d warms up
+    as min(decay, (1 + n) / (10 + n)) after n updates, or the average would stay near the random start.
     """
     from torch.optim.swa_utils import AveragedModel
 
@@ -1596,12 +1577,9 @@ def make_ema(model, decay):
 
 
 def open_forget_gates(lstm, forget_bias):
-    """--forget-bias: start training with every forget gate more open (f closer to 1).
-
-    A freshly initialised LSTM has f = sigmoid(about 0) = 0.5, so at first it halves its
-    cell state at every row and forgets the top of the image by the bottom. Adding 1 to the
-    forget gates' bias (the second quarter of each bias_ih, in the order i, f, g, o) starts
-    them at about 0.73, a long-known trick that makes LSTMs learn faster.
+    """--forget-bias: start with every forget gate more open. A fresh LSTM has f = sigmoid(about 0) = 0.5:
+    it halves its cell state at every row. +1 on the forget gates' bias (the second quarter of each
+    bias_ih, in the order i, f, g, o) starts them at about 0.73, a long-known trick that speeds learning.
     """
     hidden = lstm.hidden_size
     with torch.no_grad():
@@ -1658,12 +1636,8 @@ def amp_context(device, amp):
 
 
 def cuda_amp(device):
-    """--amp on an NVIDIA GPU: bfloat16 where the GPU computes in it, else float16; scaled gradients if needed.
-
-    Ampere (compute capability 8.0) and newer GPUs have bfloat16 arithmetic. Older ones
-    (Colab's T4, a V100) only emulate it, slower than float32, but they have fast float16,
-    whose narrow range needs the loss scaled up before backward() so that small gradients
-    do not round to zero.
+    """--amp on an NVIDIA GPU: bfloat16 where the GPU computes in it (compute capability 8.0 and newer),
+    else float16 (Colab's T4, a V100 only emulate bfloat16), whose narrow range needs the loss scaled.
     """
     dtype = torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     autocast = torch.autocast("cuda", dtype=dtype)
@@ -1740,11 +1714,8 @@ EVAL_BATCH_SIZE = 500  # testing needs no gradients, so bigger batches (faster; 
 
 
 class BatchIndices(Sampler):
-    """Yields one index tensor per batch, from a fresh permutation every epoch.
-
-    The permutation is drawn on the CPU from `generator` (so the same seed gives the
-    same order on every device) and moved to the device once per epoch, not once per
-    batch.
+    """One index tensor per batch, from a fresh permutation each epoch, drawn on the CPU from
+    `generator` (the same order on every device) and moved to the device once per epoch.
     """
 
     def __init__(self, n, batch_size, shuffle, generator, device, max_batches=None):
@@ -1764,11 +1735,8 @@ class BatchIndices(Sampler):
 
 
 def make_loader(images, labels, batch_size, shuffle, generator=None, max_batches=None):
-    """The tutorial's `DataLoader(dataset, batch_size=..., shuffle=...)`, made faster.
-
-    Same batches, same reshuffling every epoch, but over tensors already decoded and on
-    the device: each batch is one indexing operation instead of `batch_size` calls to
-    ToTensor and a copy to the GPU.
+    """The tutorial's DataLoader(dataset, batch_size, shuffle), over tensors already decoded and on
+    the device: each batch is one indexing operation instead of batch_size calls to ToTensor.
     """
     sampler = BatchIndices(len(images), batch_size, shuffle, generator, images.device, max_batches)
     # batch_size=None: the sampler already yields whole batches of indices, and
@@ -1784,12 +1752,9 @@ class RunError(Exception):
 
 @contextlib.contextmanager
 def one_line_errors():
-    """A problem the user can fix ends the run in one line and exit 1; Ctrl-C in one line and 130.
-
-    The problems: a RunError, any OSError (a file or folder that cannot be read or written)
-    and running out of memory (one_line says what to do). Anything else is a bug and keeps
-    its traceback. Yields a dict: explain_interrupt sets its "note", what Ctrl-C says once
-    training is over.
+    """A problem the user can fix (a RunError, an OSError, running out of memory) ends the run in one
+    line and exit 1; Ctrl-C in one line and 130; anything else is a bug and keeps its traceback.
+    Yields a dict whose "note" explain_interrupt sets: what Ctrl-C says once training is over.
     """
     ctrl_c = {"note": "interrupted"}
     try:
@@ -1829,9 +1794,7 @@ def one_line(err):
 
 def prepare_run(args, device, argv=()):
     """Print the device and the config, check --out-dir, tune the CPU; return amp_context's Precision.
-
-    --resume and --eval-only build the model that checkpoint.pt records: its model flags go into
-    `args` first, so that the config line and the model line are true.
+    --resume and --eval-only first take the model flags checkpoint.pt records, so both lines are true.
     """
     if args.resume or args.eval_only:
         path = checkpoint_path(args.out_dir)
@@ -1860,11 +1823,7 @@ def check_out_dir(out_dir):
 
 
 def mps_warnings(device, args):
-    """One line for each known nn.LSTM bug on Apple's GPUs (MPS) that this run's settings meet.
-
-    Dropout between LSTM layers has given silently wrong results on MPS in every release
-    so far (README, "Apple GPUs", has the bug reports), so the check ignores the version.
-    """
+    """One line for each known nn.LSTM bug on Apple's GPUs (MPS) this run meets (README: "Apple GPUs")."""
     lines = []
     if device.type == "mps" and args.n_layer >= 2 and args.dropout > 0:
         lines.append("warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
@@ -1883,11 +1842,7 @@ NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0")
 
 def cuda_hint(driver_files=NVIDIA_DRIVER_FILES):
     """Why a machine with an NVIDIA GPU trains on the CPU, in one line; None where there is no sign of one.
-
-    Only cheap checks, nothing is run: nvidia-smi on the PATH (the NVIDIA driver installs it
-    on Windows and Linux) or the Linux driver's files. torch.version.cuda is None in a
-    CPU-only build; otherwise the build has CUDA but cannot use the GPU (a driver older
-    than that CUDA, or no device visible).
+    Cheap checks only: nvidia-smi on the PATH or the Linux driver's files, and torch.version.cuda.
     """
     import shutil  # only this check needs it
 
@@ -1911,12 +1866,8 @@ def cuda_hint(driver_files=NVIDIA_DRIVER_FILES):
 
 
 def keep_cpu_buffers():
-    """Stop glibc from returning the LSTM's work buffers to the OS after every step.
-
-    Each training step allocates and frees buffers of several megabytes; glibc gives
-    blocks above 128 KiB back to the OS at once, so every step pays again for fresh pages
-    (about a third of a CPU step; README has the profile). Raising the two thresholds
-    keeps them for reuse. The arithmetic is unchanged. Linux with glibc only.
+    """Stop glibc returning the LSTM's work buffers (several MB per step) to the OS after every step,
+    which makes each step pay again for fresh pages (README has the profile). Linux with glibc only.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -1949,10 +1900,8 @@ def ensure_raw_files(data_dir, class_name, train):
         except Exception as err:  # no network, a read-only folder, a server error
             # torchvision lists each mirror it tried; the last line holds the actual error.
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise RunError(
-                f"{class_name} files missing in {raw_folder} and the download failed ({reason}); "
-                f"put {', '.join(all_files)} there (uncompressed) or pass --data-dir"
-            ) from None
+            raise RunError(f"{class_name} files missing in {raw_folder} and the download failed ({reason}); "
+                           f"put {', '.join(all_files)} there (uncompressed) or pass --data-dir") from None
     images_file, labels_file = (raw_folder / name for name in SPLIT_FILES[train])
     check_idx_file(images_file, 3)
     check_idx_file(labels_file, 1)
@@ -1970,10 +1919,8 @@ def check_idx_file(path, n_dims):
     expected = len(header) + math.prod(dims)
     actual = os.path.getsize(path)
     if actual != expected:
-        raise RunError(
-            f"{path} is truncated or corrupted ({actual} bytes, its header promises "
-            f"{expected}); replace it with a fresh copy"
-        )
+        raise RunError(f"{path} is truncated or corrupted ({actual} bytes, its header promises {expected}); "
+                       f"replace it with a fresh copy")
     if n_dims == 3 and dims[1:] != [SEQ_LEN, IN_DIM]:
         raise RunError(f"{path} holds {dims[1]}x{dims[2]} images, not 28x28; replace it")
     if dims[0] == 0:
@@ -1982,23 +1929,17 @@ def check_idx_file(path, n_dims):
 
 
 def check_labels(data, data_dir, class_name, train):
-    """Make `data` hold the raw files' data; raise RunError unless each image has a class label.
-
-    Where an older torchvision left processed/training.pt and test.pt, torchvision's MNIST
-    loads those instead of the raw files: here the raw files that ensure_raw_files checked
-    are decoded in their place.
+    """Make `data` hold the raw files' data (an older torchvision's processed/*.pt would be loaded
+    instead); raise RunError unless each image has a class label.
     """
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
     images_file, labels_file = (Path(data_dir) / class_name / "raw" / name for name in SPLIT_FILES[train])
     if os.path.exists(data.processed_folder):
-        data.data, data.targets = read_image_file(str(images_file)), read_label_file(
-            str(labels_file))
+        data.data, data.targets = read_image_file(str(images_file)), read_label_file(str(labels_file))
     if len(data.data) != len(data.targets):
-        raise RunError(
-            f"{images_file} has {len(data.data)} images but {labels_file} has "
-            f"{len(data.targets)} labels; replace both with matching copies"
-        )
+        raise RunError(f"{images_file} has {len(data.data)} images but {labels_file} has {len(data.targets)} "
+                       f"labels; replace both with matching copies")
     if int(data.targets.max()) >= N_CLASS:
         raise RunError(f"{labels_file} holds labels above {N_CLASS - 1}; replace it")
 
@@ -2026,12 +1967,9 @@ def checkpoint_path(out_dir):
 
 
 class RunState:
-    """Everything a run carries from epoch to epoch, saved whole as checkpoint.pt.
-
-    The model, the optimizer, the levers (schedule, moving average, loss scaler), the data
-    order's generator, the epoch and the history of epoch results, and the record of the
-    flags (hparams rebuild the model; settings are the training's). state_dict() is the
-    checkpoint's layout, written here only; load_state_dict() reads it back for --resume.
+    """Everything a run carries from epoch to epoch, saved whole as checkpoint.pt: the model, the
+    optimizer, the levers, the data order's generator, the epoch, the history and the record of the
+    flags. state_dict() is the checkpoint's layout, written here only; load_state_dict() reads it back.
     """
 
     def __init__(self, model, optimizer, levers, loaders, args):
@@ -2213,11 +2151,9 @@ def keep(out_dir, kind, what):
 
 @contextlib.contextmanager
 def atomic_file(path, before_replace=None):
-    """A file to write `path` through, so that a crash, Ctrl-C or a full disk mid-write keeps the old file.
-
-    The data goes to a temporary file in the same folder, which is renamed over `path`
-    once complete: the rename is atomic, so `path` always holds the old or the new file.
-    `before_replace` runs once the new file is complete, just before the rename.
+    """A file to write `path` through: the data goes to a temporary file in the same folder, renamed
+    over `path` once complete (atomic), so a crash, Ctrl-C or a full disk keeps the old file.
+    `before_replace` runs just before the rename.
     """
     tmp_name = None
     try:
@@ -2272,11 +2208,7 @@ def current_umask():
 
 
 def random_state(generator, device):
-    """Everything random the next epoch draws from: resuming from it repeats the run (on the CPU).
-
-    On a GPU, only the random state of the GPU the run uses (dropout draws from it); a CPU
-    run never touches CUDA, even on a machine that has it.
-    """
+    """Everything random the next epoch draws from (on a GPU, the run's GPU's state too)."""
     return {"torch": torch.get_rng_state(), "data_order": generator.get_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
@@ -2460,10 +2392,8 @@ def restore(run, args):
 
 @contextlib.contextmanager
 def explain_interrupt(run, argv, ctrl_c):
-    """Turn Ctrl-C during training into a message that says what was kept and how to resume.
-
-    Once training is over, Ctrl-C (in the final test or the figures) says how to finish without
-    training again: one_line_errors prints ctrl_c["note"].
+    """Ctrl-C during training says what was kept and how to resume; after training (final test,
+    figures), how to finish without training again (one_line_errors prints ctrl_c["note"]).
     """
     path = checkpoint_path(run.out_dir)
     try:
@@ -2534,103 +2464,81 @@ seed_number = checked(int, lambda value: 0 <= value < 2**64, "a whole number fro
 
 
 def build_parser():
-    d = {**DEFAULTS, **CELL_DEFAULTS, **BEYOND_DEFAULTS}
-    parser = OneLineParser(
-        prog="lstm_mnist.py", formatter_class=HelpFormatter,
-        description="Train a 2-layer LSTM on MNIST row by row, save it, reload it, test it, plot it.",
-    )
+    parser = OneLineParser(prog="lstm_mnist.py", formatter_class=HelpFormatter,
+                           description="Train a 2-layer LSTM on MNIST row by row, save it, reload it, test it, plot it.")
     recipe = parser.add_argument_group("the tutorial's recipe")
-    recipe.add_argument("--epochs", type=positive_int, default=d["epochs"], metavar="N",
-                        help="passes over the training set (default: %(default)s)")
-    recipe.add_argument("--batch-size", type=positive_int, default=d["batch_size"], metavar="N",
-                        help="images per training step (default: %(default)s)")
-    recipe.add_argument("--lr", type=positive_float, default=d["lr"], metavar="LR",
-                        help="Adam learning rate (default: %(default)s)")
+    recipe.add_argument("--epochs", type=positive_int, metavar="N", help="passes over the training set")
+    recipe.add_argument("--batch-size", type=positive_int, metavar="N", help="images per training step")
+    recipe.add_argument("--lr", type=positive_float, metavar="LR", help="Adam learning rate")
     lstm = parser.add_argument_group("nn.LSTM's parameters")
-    lstm.add_argument("--hidden-dim", type=positive_int, default=d["hidden_dim"], metavar="N",
-                      help="hidden_size: features in h_t and c_t (default: %(default)s)")
-    lstm.add_argument("--n-layer", type=positive_int, default=d["n_layer"], metavar="N",
-                      help="num_layers: stacked LSTM layers (default: %(default)s)")
-    lstm.add_argument("--dropout", type=probability, default=d["dropout"], metavar="P",
-                      help="dropout between LSTM layers, in [0, 1); needs --n-layer 2 or more "
-                           "(default: %(default)s)")
-    lstm.add_argument("--bidirectional", action="store_true", default=d["bidirectional"],
+    lstm.add_argument("--hidden-dim", type=positive_int, metavar="N", help="hidden_size: features in h_t and c_t")
+    lstm.add_argument("--n-layer", type=positive_int, metavar="N", help="num_layers: stacked LSTM layers")
+    lstm.add_argument("--dropout", type=probability, metavar="P",
+                      help="dropout between LSTM layers, in [0, 1); needs --n-layer 2 or more")
+    lstm.add_argument("--bidirectional", action="store_true",
                       help="also read each image bottom-up; classify from both final hidden states (default: off)")
-    lstm.add_argument("--no-bias", dest="bias", action="store_false", default=d["bias"],
+    lstm.add_argument("--no-bias", dest="bias", action="store_false",
                       help="bias=False: drop the LSTM's bias terms (default: biases on)")
-    lstm.add_argument("--no-batch-first", dest="batch_first", action="store_false", default=d["batch_first"],
-                      help="batch_first=False: feed (seq, batch, feature) (default: batch_first=True, "
-                           "(batch, seq, feature))")
+    lstm.add_argument("--no-batch-first", dest="batch_first", action="store_false",
+                      help="batch_first=False: feed (seq, batch, feature) (default: (batch, seq, feature))")
     lstm.add_argument("--show-shapes", action="store_true",
                       help="print the shapes of input, h_0, c_0, output, h_n, c_n for one batch, then exit")
     cells = parser.add_argument_group("why an LSTM: a plain RNN and a GRU beside it (Part 2)")
-    cells.add_argument("--cell", choices=list(CELLS), default=d["cell"],
-                       help="the recurrent layer: lstm (the tutorial's nn.LSTM), gru (nn.GRU) or rnn (nn.RNN, "
-                            "tanh), with the same sizes and flags (default: %(default)s)")
-    cells.add_argument("--pad-rows", type=whole_number, default=d["pad_rows"], metavar="K",
-                       help="K rows of zeros after each image's 28, so the model answers K steps after the "
-                            "digit ended (default: %(default)s)")
-    cells.add_argument("--compare-cells", action="store_true", default=d["compare_cells"],
-                       help="train lstm, gru and rnn one after another with the same flags, each in "
-                            "--out-dir/<cell>, then print one table and draw cells.png (default: off)")
-    cells.add_argument("--seeds", type=seed_number, nargs="+", default=d["seeds"], metavar="N",
-                       help="with --compare-cells: train each cell once per seed, in --out-dir/<cell>-seed<N>, "
-                            "and print the mean over the seeds (default: --seed alone)")
-    run_group = parser.add_argument_group("the run")
-    run_group.add_argument("--dataset", choices=list(DATASETS), default=d["dataset"],
-                           help="which torchvision data set (default: %(default)s)")
-    run_group.add_argument("--data-dir", default=d["data_dir"], metavar="DIR",
-                           help="folder holding MNIST/raw/ (or FashionMNIST/raw/); downloaded there if "
-                                "missing (default: %(default)s)")
-    run_group.add_argument("--out-dir", default=d["out_dir"], metavar="DIR",
-                           help="folder for the checkpoint and the figures (default: %(default)s)")
-    run_group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=d["device"],
-                           help="auto = CUDA, else Apple MPS, else CPU (default: %(default)s)")
-    run_group.add_argument("--seed", type=seed_number, default=d["seed"], metavar="N",
-                           help="random seed: weights, data order, dropout (default: %(default)s)")
-    run_group.add_argument("--log-interval", type=positive_int, default=d["log_interval"], metavar="N",
-                           help="print the running loss every N training batches (default: %(default)s)")
-    run_group.add_argument("--max-batches", type=positive_int, default=d["max_batches"], metavar="N",
-                           help="stop each epoch after N batches and test on the first N batches' worth "
-                                "of test images, for a quick look (default: whole epochs)")
-    run_group.add_argument("--amp", action="store_true", default=d["amp"],
-                           help="mixed precision: on NVIDIA GPUs bfloat16 autocast where the GPU has bfloat16 "
-                                "arithmetic, else float16, with gradient scaling wherever float16 runs; on CPUs "
-                                "with bfloat16 instructions bfloat16 autocast (default: off, float32)")
-    run_group.add_argument("--resume", action="store_true",
-                           help="continue from the checkpoint in --out-dir up to --epochs")
-    run_group.add_argument("--eval-only", action="store_true",
-                           help="skip training: reload the checkpoint in --out-dir, test it, draw the figures")
-    run_group.add_argument("--show", action="store_true", help="also open the figures in windows")
+    cells.add_argument("--cell", choices=list(CELLS), help="the recurrent layer: lstm (the tutorial's nn.LSTM), "
+                       "gru (nn.GRU) or rnn (nn.RNN, tanh), with the same sizes and flags")
+    cells.add_argument("--pad-rows", type=whole_number, metavar="K",
+                       help="K rows of zeros after each image's 28: the model answers K steps after the digit")
+    cells.add_argument("--compare-cells", action="store_true", help="train lstm, gru and rnn one after another "
+                       "with the same flags, in --out-dir/<cell>; print one table, draw cells.png (default: off)")
+    cells.add_argument("--seeds", type=seed_number, nargs="+", metavar="N", help="with --compare-cells: each cell "
+                       "once per seed, in --out-dir/<cell>-seed<N>, and the mean over the seeds (default: --seed)")
+    run = parser.add_argument_group("the run")
+    run.add_argument("--dataset", choices=list(DATASETS), help="which torchvision data set")
+    run.add_argument("--data-dir", metavar="DIR",
+                     help="folder holding MNIST/raw/ (or FashionMNIST/raw/); downloaded there if missing")
+    run.add_argument("--out-dir", metavar="DIR", help="folder for the checkpoint and the figures")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="auto = CUDA, else Apple MPS, else CPU")
+    run.add_argument("--seed", type=seed_number, metavar="N", help="random seed: weights, data order, dropout")
+    run.add_argument("--log-interval", type=positive_int, metavar="N",
+                     help="print the running loss every N training batches")
+    run.add_argument("--max-batches", type=positive_int, metavar="N", help="stop each epoch after N batches and "
+                     "test on as many test images, for a quick look (default: whole epochs)")
+    run.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast on NVIDIA GPUs with "
+                     "bfloat16 arithmetic, else float16 with gradient scaling; bfloat16 on CPUs with bfloat16 "
+                     "instructions (default: off, float32)")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out-dir up to --epochs")
+    run.add_argument("--eval-only", action="store_true",
+                     help="skip training: reload the checkpoint in --out-dir, test it, draw the figures")
+    run.add_argument("--show", action="store_true", help="also open the figures in windows")
     # No default: left out of args (and so of the config line) unless given.
-    run_group.add_argument("--predict", nargs="+", metavar="PATH", default=argparse.SUPPRESS,
-                           help="train nothing: read your own images of handwritten digits (files or folders "
-                                "of PNG, JPEG, BMP, GIF, WebP) the way MNIST's were made, print what the model "
-                                "in --out-dir says, and draw predict.png")
+    run.add_argument("--predict", nargs="+", metavar="PATH", default=argparse.SUPPRESS, help="train nothing: "
+                     "read your own images of handwritten digits (files or folders of PNG, JPEG, BMP, GIF, WebP) "
+                     "the way MNIST's were made, print what the model in --out-dir says, and draw predict.png")
     beyond = parser.add_argument_group("beyond the tutorial's recipe (opt-in; --recipe sets several at once)")
-    beyond.add_argument("--recipe", choices=list(RECIPES), default=d["recipe"],
-                        help="fast: " + recipe_flags("fast") + "; best: " + recipe_flags("best") +
-                             "; flags given on their own still override it (default: %(default)s)")
-    beyond.add_argument("--val-size", type=whole_number, default=d["val_size"], metavar="N",
-                        help="hold out N training images and report on them each epoch instead of the "
-                             "test set, to choose settings without looking at the test set (default: 0, off)")
-    beyond.add_argument("--one-cycle", action="store_true", default=d["one_cycle"],
-                        help=f"OneCycleLR: from 0.2x --lr up to {ONE_CYCLE_PEAK}x --lr and down to ~0 over --epochs, "
-                             f"while Adam's beta1 goes 0.95 -> 0.85 -> 0.95; gradient norm clipped at {CLIP_NORM} "
-                             f"(default: off, constant lr)")
-    beyond.add_argument("--weight-decay", type=non_negative_float, default=d["weight_decay"], metavar="WD",
+    beyond.add_argument("--recipe", choices=list(RECIPES), help=f"fast: {recipe_flags('fast')}; best: "
+                        f"{recipe_flags('best')}; flags given on their own still override it")
+    beyond.add_argument("--val-size", type=whole_number, metavar="N", help="hold out N training images and report "
+                        "on them each epoch, to choose settings without looking at the test set (default: 0, off)")
+    beyond.add_argument("--one-cycle", action="store_true", help=f"OneCycleLR: from 0.2x --lr up to "
+                        f"{ONE_CYCLE_PEAK}x --lr and down to ~0 over --epochs, Adam's beta1 0.95 -> 0.85 -> 0.95; "
+                        f"gradient norm clipped at {CLIP_NORM} (default: off, constant lr)")
+    beyond.add_argument("--weight-decay", type=non_negative_float, metavar="WD",
                         help="AdamW with this decoupled weight decay (default: 0, plain Adam)")
-    beyond.add_argument("--label-smoothing", type=probability, default=d["label_smoothing"], metavar="EPS",
+    beyond.add_argument("--label-smoothing", type=probability, metavar="EPS",
                         help="CrossEntropyLoss(label_smoothing=EPS), in [0, 1) (default: 0, off)")
-    beyond.add_argument("--augment", action="store_true", default=d["augment"],
-                        help=f"warp each training batch at random: shift up to {AUGMENT_SHIFT:g} px, rotate up to "
-                             f"{AUGMENT_ROTATE:g} degrees, scale by up to {AUGMENT_SCALE * 100:g}%% (default: off)")
-    beyond.add_argument("--ema", type=probability, default=d["ema"], metavar="DECAY",
-                        help="test and save a moving average of the weights with this decay, e.g. 0.999 "
-                             "(default: 0, off)")
-    beyond.add_argument("--forget-bias", type=non_negative_float, default=d["forget_bias"], metavar="B",
-                        help="add B to every forget gate's bias before training, e.g. 1, so the LSTM "
-                             "forgets less at first; needs the biases (default: 0, PyTorch's initialisation)")
+    beyond.add_argument("--augment", action="store_true", help=f"warp each training batch at random: shift up "
+                        f"to {AUGMENT_SHIFT:g} px, rotate up to {AUGMENT_ROTATE:g} degrees, scale by up to "
+                        f"{AUGMENT_SCALE * 100:g}%% (default: off)")
+    beyond.add_argument("--ema", type=probability, metavar="DECAY",
+                        help="test and save a moving average of the weights with this decay, e.g. 0.999 (default: 0)")
+    beyond.add_argument("--forget-bias", type=non_negative_float, metavar="B", help="add B to every forget gate's "
+                        "bias before training, e.g. 1, so the LSTM forgets less at first (default: 0)")
+    # Every default from its block (DEFAULTS and the parts' own); "(default: ...)" where the help has none.
+    parser.set_defaults(**DEFAULTS, **CELL_DEFAULTS, **BEYOND_DEFAULTS)
+    for action in parser._actions:
+        shown = action.nargs != 0 and action.default not in (None, argparse.SUPPRESS)  # not --show, --predict
+        if shown and "default" not in action.help:
+            action.help += " (default: %(default)s)"
     return parser
 
 
@@ -2644,12 +2552,8 @@ def recipe_flags(name):
 
 
 def command_line(argv):
-    """The arguments to parse: `argv` if given, else sys.argv[1:], except in a Jupyter kernel.
-
-    In Jupyter or Colab, sys.argv is the kernel's own command line (for example
-    ['.../ipykernel_launcher.py', '-f', '.../kernel-1234.json']), which is not ours:
-    `import lstm_mnist; lstm_mnist.main()` then runs with the defaults. `%run lstm_mnist.py
-    --epochs 1` still passes its flags, because %run sets sys.argv to the script's.
+    """The arguments to parse: `argv` if given, else sys.argv[1:], except in a Jupyter kernel, whose
+    sys.argv is its own (['.../ipykernel_launcher.py', '-f', '...json']): then none. %run passes its flags.
     """
     if argv is not None:
         return [str(arg) for arg in argv]
@@ -2719,6 +2623,7 @@ def parse_args(argv=None):
 def typed_keys(argv):
     """The args keys that `argv` sets itself (not left at a default, nor set by a --recipe)."""
     parser = build_parser()
+    parser._defaults.clear()  # set_defaults' values
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv)))
