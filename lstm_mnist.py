@@ -1176,11 +1176,9 @@ def predict_images(args):
             continue
         with torch.inference_mode():
             probs = model(digit.unsqueeze(0).to(device)).float().softmax(dim=1)[0].cpu()  # (10,)
-        top = probs.topk(2)
-        print(f"{path}: pred {int(top.indices[0])} ({100 * top.values[0]:.1f}%), "
-              f"then {int(top.indices[1])} ({100 * top.values[1]:.1f}%)")
+        print(answer_line(path, probs))
         done.append({"path": path, "given": given, "digit": digit, "probs": probs,
-                     "pred": int(top.indices[0])})
+                     "pred": int(probs.argmax())})
     figure = None
     if done:
         use_windows(args.show)
@@ -1193,6 +1191,13 @@ def predict_images(args):
     if failed:  # each one has had its line on stderr; the good ones are printed and drawn above
         raise SystemExit(1)
     return {"predictions": done, "figure": figure}
+
+
+def answer_line(name, probs):
+    """The line --predict and --draw print for one digit: its two likeliest classes; probs: (10,)."""
+    top = probs.topk(2)
+    return (f"{name}: pred {int(top.indices[0])} ({100 * top.values[0]:.1f}%), "
+            f"then {int(top.indices[1])} ({100 * top.values[1]:.1f}%)")
 
 
 def bad_input(message, failed):
