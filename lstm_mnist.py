@@ -1111,7 +1111,8 @@ def plot_cells(results, path):
 # ===========================================================================
 # Part 3. Your own handwriting (用自己的手寫數字試試看)
 # For the learner who wants to ask the trained model about a digit they wrote: --predict
-# reads photos and drawings, made into 28x28 images the way MNIST's were. Trains nothing.
+# reads photos and drawings, --draw a digit written with the mouse, each made into a 28x28
+# image the way MNIST's were. Trains nothing.
 # ===========================================================================
 
 # --- Your own handwriting: --predict -------------------------------------------------
@@ -1425,6 +1426,151 @@ def plot_predict(model, done, path):
     plt.close(fig)
 
 
+# --- Your own handwriting, live: --draw ----------------------------------------------
+# Write a digit with the mouse; watch the LSTM read it: the 28x28 it sees and its answer after
+# each row, as you write. 用滑鼠寫一個數字，看 LSTM 一列一列讀它、答案怎麼變。The strokes are kept
+# as points (a canvas shrunk to 28x28 loses thin strokes; its size changes the answer) and drawn
+# MNIST's way: their longer side DRAW_SIDE pixels, a pen that fit_box's shrink to 20x20 leaves
+# DRAW_STROKE wide, centred by mass. 不論寫多大，縮到 20x20 後筆畫都和 MNIST 一樣粗，再以質心置中。
+DRAW_SIDE = 200  # pixels: the strokes' longer side when drawn, before fit_box shrinks them to FIT
+DRAW_STROKE = 2.2  # pen width at 20x20: at half brightness strokes then measure MNIST's median, 1.8 px
+DRAW_PEN = DRAW_STROKE * DRAW_SIDE / (FIT - DRAW_STROKE)  # ~25 px: DRAW_STROKE once the ink box is FIT
+LIVE_EVERY = 0.1  # seconds: while a stroke is drawn, the answer is updated at most this often
+PAD_LINE = 18  # points: the ink as the pad shows it (the model's pen is DRAW_PEN, whatever this is)
+# How the names of matplotlib's backends that open windows for the mouse begin (the last three: Jupyter's ipympl).
+WINDOW_BACKENDS = ("tk", "qt", "gtk", "wx", "macosx", "nbagg", "notebook", "webagg", "widget", "ipympl",
+                   "module://ipympl")
+
+
+def draw_digits(args):
+    """--draw: a window where the trained model reads what you write with the mouse, row by row."""
+    import matplotlib.pyplot as plt  # parse_args has checked that it opens windows (WINDOW_BACKENDS)
+
+    model, description = load_trained(args.out_dir, args)
+    print(f"model: {description}, on cpu")  # one digit at a time: the CPU answers in milliseconds
+    pad = DrawPad(plt.figure("lstm_mnist.py --draw", figsize=(11, 5)), model.cpu().eval(), args.out_dir)
+    plt.show()  # until the window closes; in Jupyter at once, and the pad lives on in the notebook
+    return {"draw": pad}
+
+
+def strokes_to_mnist(strokes):
+    """Strokes (lists of (x, y), y down) -> (the 28x28 the model reads, the Pillow image drawn: white on black)."""
+    from PIL import Image, ImageDraw
+
+    points = torch.tensor([point for stroke in strokes for point in stroke], dtype=torch.float32)  # (n, 2)
+    low, extent = points.amin(dim=0), points.amax(dim=0) - points.amin(dim=0)
+    scale = DRAW_SIDE / max(float(extent.max()), 1e-6)  # the longer side -> DRAW_SIDE, whatever it was
+    points = (points - low) * scale + DRAW_PEN  # a margin of paper, so --predict finds the border
+    image = Image.new("L", tuple((extent * scale + 2 * DRAW_PEN).ceil().int().tolist()), 0)
+    pen, r = ImageDraw.Draw(image), DRAW_PEN / 2
+    for stroke in points.split([len(stroke) for stroke in strokes]):
+        stroke = [tuple(point) for point in stroke.tolist()]
+        pen.line(stroke, fill=255, width=round(DRAW_PEN), joint="curve")
+        for x, y in stroke:  # round ends, and a dot where you only clicked
+            pen.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    ink = pixels(image) / 255  # (H, W)
+    rows, cols = ink.any(dim=1).nonzero().flatten(), ink.any(dim=0).nonzero().flatten()
+    digit = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # cropped to the ink: (h, w)
+    return centre_of_mass_at_centre(fit_box(digit)), image  # steps 8 to 10 of --predict
+
+
+class DrawPad:
+    """--draw's figure: the pad, the 28x28 the model sees, its answer after each row, and the answer."""
+
+    def __init__(self, fig, model, out_dir):
+        import matplotlib.pyplot as plt
+        from matplotlib.widgets import Button
+
+        self.fig, self.model, self.out_dir, self.close = fig, model, Path(out_dir), lambda: plt.close(fig)
+        self.strokes, self.lines, self.drawing, self.last = [], [], False, 0.0
+        self.pad = fig.add_axes((0.02, 0.12, 0.3636, 0.8), xlim=(0, 1), ylim=(1, 0), xticks=[], yticks=[],
+                                title="write a digit here")
+        ax_digit = fig.add_axes((0.42, 0.1, 0.3, 0.66), xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t",
+                                title="what the model sees")
+        ax_steps = fig.add_axes((0.78, 0.1, 0.13, 0.66), xticks=range(N_CLASS), yticks=[],
+                                title="bidirectional: no reading" if model.bidirectional else "after row t")
+        self.steps = probs_while_reading(model, torch.zeros(1, SEQ_LEN, IN_DIM))[0] * 0  # (28 + K rows, 10)
+        self.digit_image = ax_digit.imshow(torch.zeros(SEQ_LEN, IN_DIM), cmap="gray", vmin=0, vmax=1)
+        self.steps_image = ax_steps.imshow(self.steps, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        self.settled = [ax.axhline(-1, color="tab:orange", linewidth=1.5) for ax in (ax_digit, ax_steps)]
+        self.answer = fig.text(0.66, 0.86, "", fontsize=30, ha="center")
+        fig.text(0.13, 0.035, "left mouse: draw | right mouse or u: erase a stroke | c: clear | s: save a PNG | "
+                              "q: quit", fontsize=8, va="center")
+        self.button = Button(fig.add_axes((0.02, 0.01, 0.1, 0.05)), "Clear")
+        self.button.on_clicked(lambda event: self.erase(slice(None)))
+        if getattr(fig.canvas.manager, "key_press_handler_id", None):  # matplotlib's keys: s, c, q ...
+            fig.canvas.mpl_disconnect(fig.canvas.manager.key_press_handler_id)
+        for name, handler in [("button_press_event", self.press), ("motion_notify_event", self.move),
+                              ("button_release_event", self.release), ("key_press_event", self.key)]:
+            fig.canvas.mpl_connect(name, handler)
+        fig.draw_pad = self  # callbacks hold only weak references: the figure keeps the pad alive
+        self.update()
+
+    def press(self, event):
+        if event.inaxes is not self.pad or self.pad.get_navigate_mode():  # outside, or zooming
+            return
+        if event.button == 1:  # a new stroke: a list of points, and its line on the pad
+            self.drawing = True
+            self.strokes.append([(event.xdata, event.ydata)])
+            self.lines += self.pad.plot(event.xdata, event.ydata, "k", lw=PAD_LINE, solid_capstyle="round")
+        elif event.button == 3 and self.strokes:  # the stroke nearest the click
+            near = [min(math.dist(point, (event.xdata, event.ydata)) for point in s) for s in self.strokes]
+            self.erase(slice(k := near.index(min(near)), k + 1))
+
+    def move(self, event):
+        if self.drawing and event.inaxes is self.pad:
+            self.strokes[-1].append((event.xdata, event.ydata))
+            self.lines[-1].set_data(*zip(*self.strokes[-1]))
+            if time.monotonic() - self.last >= LIVE_EVERY:
+                self.update()
+            self.fig.canvas.draw_idle()
+
+    def release(self, event):
+        if self.drawing:
+            self.drawing = False
+            self.update()
+            print(answer_line("drawing", self.probs))
+
+    def key(self, event):
+        actions = {"c": lambda: self.erase(slice(None)), "u": lambda: self.erase(slice(-1, None)),
+                   "s": self.save, "q": self.close}
+        actions.get(event.key, lambda: None)()
+
+    def erase(self, strokes):
+        for line in self.lines[strokes]:
+            line.remove()
+        del self.lines[strokes], self.strokes[strokes]
+        self.update()
+
+    def update(self):
+        """Draw the strokes MNIST's way and ask the model: the 28x28, its answer after each row, the answer."""
+        self.last = time.monotonic()
+        blank = torch.zeros(SEQ_LEN, IN_DIM), None  # before the first stroke, and after Clear
+        self.digit, self.image = strokes_to_mnist(self.strokes) if self.strokes else blank  # (28, 28), Pillow
+        with torch.inference_mode():
+            self.probs = self.model(self.digit[None]).softmax(dim=1)[0]  # (10,), as --predict reads it
+        if not self.model.bidirectional:
+            self.steps = probs_while_reading(self.model, self.digit[None])[0]  # (28 + K rows, 10)
+        settled = settled_row(self.steps, with_zero_rows(self.digit[None], len(self.steps) - SEQ_LEN)[0])
+        self.digit_image.set_data(self.digit)
+        self.steps_image.set_data(self.steps)
+        for line in self.settled:  # from the orange line on, the answer holds (as in reading.png)
+            line.set_ydata([settled + 0.5 if settled is not None and self.strokes else -1] * 2)
+        pred = int(self.probs.argmax())
+        self.answer.set_text(f"{pred}  {100 * self.probs[pred]:.1f}%" if self.strokes else "")
+        self.fig.canvas.draw_idle()
+
+    def save(self):
+        """s: the drawing as a PNG, dark ink on white paper, that --predict reads to the same answer."""
+        if self.image is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = next(path for k in range(1, sys.maxsize)  # drawing-1.png, -2, ...: the first free name
+                        if not (path := self.out_dir / f"drawing-{k}.png").exists())
+            self.image.point(lambda level: 255 - level).save(path)  # white on black -> dark on white
+            again = shell_command(["--predict", str(path), "--out-dir", str(self.out_dir)])
+            print(f"saved {path} (read it again: {again})")
+
+
 # ===========================================================================
 # Part 4. Beyond the tutorial's recipe (opt-in flags; 教學的訓練設定之外：要加參數才會啟用)
 # For the learner who has run the tutorial's recipe and wants to go further: the recipes
@@ -1684,6 +1830,8 @@ def side_trip(args):
         return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
     if getattr(args, "predict", None):  # your own digit images; absent from args unless given
         return predict_images(args)
+    if getattr(args, "draw", False):  # a digit written with the mouse; absent from args unless given
+        return draw_digits(args)
     if args.compare_cells:  # lstm, gru and rnn, one after another
         return compare_cells(args)
     return None
@@ -2468,6 +2616,9 @@ def build_parser():
                            help="train nothing: read your own images of handwritten digits (files or folders "
                                 "of PNG, JPEG, BMP, GIF, WebP) the way MNIST's were made, print what the model "
                                 "in --out-dir says, and draw predict.png")
+    run_group.add_argument("--draw", action="store_true", default=argparse.SUPPRESS,
+                           help="train nothing: write a digit with the mouse and watch the model in --out-dir read "
+                                "it row by row (needs a window: a desktop, or Jupyter with ipympl)")
     beyond = parser.add_argument_group("beyond the tutorial's recipe (opt-in; --recipe sets several at once)")
     beyond.add_argument("--recipe", choices=list(RECIPES), default=d["recipe"],
                         help="fast: " + recipe_flags("fast") + "; best: " + recipe_flags("best") +
@@ -2534,6 +2685,11 @@ def is_kernel_command_line(argv):
     return False
 
 
+# What --draw refuses: another side trip, or a flag that only training reads.
+DRAW_REFUSES = ("dataset", "predict", "compare_cells", "show_shapes", "epochs", "batch_size", "lr", "log_interval",
+                "max_batches", "resume", "eval_only", *BEYOND_DEFAULTS)
+
+
 def parse_args(argv=None):
     """Parse and check every argument before any data is read or any epoch runs."""
     parser = build_parser()
@@ -2564,6 +2720,18 @@ def parse_args(argv=None):
                      f"{'--compare-cells' if args.compare_cells else '--cell ' + args.cell}{also}")
     if args.compare_cells and args.cell != "lstm":
         parser.error("argument --cell: not allowed with --compare-cells, which trains every cell")
+    if "draw" in args:  # Part 3: --draw trains nothing, and needs a window
+        given = [key for key in DRAW_REFUSES if getattr(args, key, argparse.SUPPRESS) != parser.get_default(key)]
+        if given:  # a flag left at its default (or the recipe's) is not given
+            parser.error(f"argument --draw: not allowed with --{given[0].replace('_', '-')} (--draw trains nothing: "
+                         f"it reads the model in --out-dir)")
+        import matplotlib.pyplot as plt  # which picks the backend: Agg where there is no display
+
+        if not (backend := plt.get_backend().lower()).startswith(WINDOW_BACKENDS):
+            parser.error(f"argument --draw: needs a window for the mouse, and matplotlib's backend here is {backend}, "
+                         "which draws to files only (no display, or a notebook's inline plots); in Jupyter: pip "
+                         "install ipympl, then %matplotlib widget; or write the digit on paper, photograph it, run "
+                         "--predict PHOTO")
     return args
 
 
