@@ -1483,16 +1483,17 @@ class DrawPad:
 
         self.fig, self.model, self.out_dir, self.close = fig, model, Path(out_dir), lambda: plt.close(fig)
         self.strokes, self.lines, self.drawing, self.last = [], [], False, 0.0
+        # (left, bottom, width, height) in the 11 x 5 inch figure; the pad is square, 4 x 4 inches, y down.
         self.pad = fig.add_axes((0.02, 0.12, 0.3636, 0.8), xlim=(0, 1), ylim=(1, 0), xticks=[], yticks=[],
                                 title="write a digit here")
-        ax_digit = fig.add_axes((0.42, 0.1, 0.3, 0.66), xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t",
-                                title="what the model sees")
+        self.ax_digit = ax_digit = fig.add_axes((0.42, 0.1, 0.3, 0.66), xticks=[], yticks=range(0, SEQ_LEN, 7),
+                                                ylabel="row t", title="what the model sees")
         ax_steps = fig.add_axes((0.78, 0.1, 0.13, 0.66), xticks=range(N_CLASS), yticks=[],
                                 title="bidirectional: no reading" if model.bidirectional else "after row t")
         self.steps = probs_while_reading(model, torch.zeros(1, SEQ_LEN, IN_DIM))[0] * 0  # (28 + K rows, 10)
         self.digit_image = ax_digit.imshow(torch.zeros(SEQ_LEN, IN_DIM), cmap="gray", vmin=0, vmax=1)
         self.steps_image = ax_steps.imshow(self.steps, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        self.settled = [ax.axhline(-1, color="tab:orange", linewidth=1.5) for ax in (ax_digit, ax_steps)]
+        self.settled = [ax.axhline(math.nan, color="tab:orange", linewidth=1.5) for ax in (ax_digit, ax_steps)]
         self.answer = fig.text(0.66, 0.86, "", fontsize=30, ha="center")
         fig.text(0.13, 0.035, "left mouse: draw | right mouse or u: erase a stroke | c: clear | s: save a PNG | "
                               "q: quit", fontsize=8, va="center")
@@ -1554,10 +1555,13 @@ class DrawPad:
         settled = settled_row(self.steps, with_zero_rows(self.digit[None], len(self.steps) - SEQ_LEN)[0])
         self.digit_image.set_data(self.digit)
         self.steps_image.set_data(self.steps)
+        settled = settled if self.strokes else None
         for line in self.settled:  # from the orange line on, the answer holds (as in reading.png)
-            line.set_ydata([settled + 0.5 if settled is not None and self.strokes else -1] * 2)
+            line.set_ydata([math.nan if settled is None else settled + 0.5] * 2)
         pred = int(self.probs.argmax())
         self.answer.set_text(f"{pred}  {100 * self.probs[pred]:.1f}%" if self.strokes else "")
+        self.ax_digit.set_xlabel("" if not self.strokes else f"says {pred} from row {settled} on" if settled is not None
+                                 else f"never sure: p({pred}) < {SETTLED_PROB:g}")
         self.fig.canvas.draw_idle()
 
     def save(self):

@@ -96,6 +96,7 @@ def test_strokes_drawn_with_the_mouse_are_read_as_the_digit_and_the_saved_png_re
     assert pad.answer.get_text() == f"{digit}  {100 * pad.probs.max():.1f}%"
     settled = lstm_mnist.settled_row(pad.steps, image)
     assert settled is not None and pad.settled[1].get_ydata()[0] == settled + 0.5
+    assert pad.ax_digit.get_xlabel() == f"says {digit} from row {settled} on"
     # s saves a PNG that --predict reads to the same 28x28 and the same answer.
     key(pad, "s")
     saved = model_dir / "drawing-1.png"
@@ -172,6 +173,7 @@ def test_right_mouse_erases_a_stroke_and_clear_erases_all(real_model, model_dir,
     mouse(pad, "button_release_event", (0.5, 0.5), ax=button)
     assert pad.strokes == [] and len(pad.pad.lines) == 0 and float(pad.digit.abs().sum()) == 0
     assert pad.answer.get_text() == "" and float(pad.digit_image.get_array().max()) == 0
+    assert pad.ax_digit.get_xlabel() == "" and math.isnan(pad.settled[0].get_ydata()[0])
     draw(pad, [line((0.5, 0.1), (0.5, 0.9))])
     key(pad, "c")
     assert pad.strokes == [] and pad.answer.get_text() == ""
