@@ -12,12 +12,13 @@ about 95-96% after the first epoch.
     python lstm_mnist.py --data-dir DIR                    # DIR holds MNIST/raw/ (downloaded there if missing)
     python lstm_mnist.py --show-shapes --bidirectional     # the nn.LSTM shape table, then exit
     python lstm_mnist.py --recipe fast                     # beyond the tutorial: about 99.0% in 3 epochs
+    python lstm_mnist.py --draw                            # after a run: write a digit with the mouse, watch it read
 
 How to read it: sections 0 to 8 are the tutorial's code sections, in its order, each
 banner carrying its heading; `main()` follows as the table of contents. That is the
 learner's path. After `main()` come five marked parts, each holding one kind of thing:
 Part 1, inside the LSTM (optional reading); Part 2, why an LSTM (a plain RNN and a GRU
-beside it); Part 3, your own handwriting (--predict); Part 4, beyond the tutorial's
+beside it); Part 3, your own handwriting (--predict, --draw); Part 4, beyond the tutorial's
 recipe (opt-in flags); Part 5, plumbing a learner may skip. `--help` lists every flag.
 
 怎麼讀這個檔案：從「# 0.」讀到 main() 結束，對應教學的程式碼，段落的順序和標題都和教學一樣；
