@@ -1561,8 +1561,8 @@ class DrawPad:
             line.set_ydata([math.nan if settled is None else settled + 0.5] * 2)
         pred = int(self.probs.argmax())
         self.answer.set_text(f"{pred}  {100 * self.probs[pred]:.1f}%" if self.strokes else "")
-        self.ax_digit.set_xlabel("" if not self.strokes else f"says {pred} from row {settled} on" if settled is not None
-                                 else f"never sure: p({pred}) < {SETTLED_PROB:g}")
+        says = f"says {pred} from row {settled} on" if settled is not None else f"never sure: p < {SETTLED_PROB:g}"
+        self.ax_digit.set_xlabel("" if not self.strokes or self.model.bidirectional else says)
         self.fig.canvas.draw_idle()
 
     def save(self):

@@ -118,6 +118,16 @@ def test_the_same_digit_drawn_small_or_large_or_anywhere_on_the_pad_is_the_same_
     assert torch.equal(digits[0], digits[1]) and float(digits[0].max()) == 1  # both drawn DRAW_SIDE pixels tall
 
 
+def test_a_bidirectional_model_answers_but_shows_no_row_by_row_reading(tmp_path, capsys):
+    # At row t its backward direction has read every row (probs_while_reading's docstring).
+    pad = open_pad(lstm_mnist.RNN(28, 8, 1, 10, bidirectional=True).eval(), tmp_path)
+    draw(pad, STROKES[7])
+    assert LINE.match(capsys.readouterr().out.strip()) and pad.answer.get_text() != ""
+    assert float(pad.steps.abs().sum()) == 0 and pad.ax_digit.get_xlabel() == ""
+    assert pad.steps_image.axes.get_title() == "bidirectional: no reading"
+    close(pad)
+
+
 @pytest.mark.parametrize("size", ["32", "default"])
 def test_an_update_takes_milliseconds(size, real_model, model_dir, capsys):
     """Measured, never asserted: a stroke's end, its answer drawn in the figure; printed in the test's log.
