@@ -267,9 +267,9 @@ def test_a_stroke_in_a_real_tk_window_prints_its_answer(real_model, model_dir):
              "plt.show = timed_show\n"
              "lstm_mnist.main(sys.argv[1:])\n")
     env = {**os.environ, "DISPLAY": display, "MPLBACKEND": "TkAgg", "PYTHONPATH": str(REPO)}
+    draw_run = subprocess.Popen([sys.executable, "-c", child, "--draw", "--out-dir", str(model_dir),
+                                 "--hidden-dim", "32"], env=env, stdout=subprocess.PIPE, text=True)
     try:
-        draw_run = subprocess.Popen([sys.executable, "-c", child, "--draw", "--out-dir", str(model_dir),
-                                     "--hidden-dim", "32"], env=env, stdout=subprocess.PIPE, text=True)
         window = xdotool(display, "search", "--sync", "--onlyvisible", "--name", "lstm_mnist.py --draw")[0]
         time.sleep(0.5)  # the first drawing of the figure
         width, height = (int(n) for n in xdotool(display, "getwindowgeometry", "--shell", window)[3:5]
@@ -283,7 +283,8 @@ def test_a_stroke_in_a_real_tk_window_prints_its_answer(real_model, model_dir):
         time.sleep(0.5)
         xdotool(display, "key", "--window", window, "q")
         out, _ = draw_run.communicate(timeout=WAIT_S + 10)
-    finally:
+    finally:  # whatever failed, no window and no display are left behind
+        draw_run.kill()
         xvfb.terminate()
         xvfb.wait()
     answers = [LINE.match(line) for line in out.splitlines() if line.startswith("drawing:")]
