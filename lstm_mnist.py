@@ -1439,8 +1439,7 @@ DRAW_PEN = DRAW_STROKE * DRAW_SIDE / (FIT - DRAW_STROKE)  # ~25 px: DRAW_STROKE 
 LIVE_EVERY = 0.1  # seconds: while a stroke is drawn, the answer is updated at most this often
 PAD_LINE = 18  # points: the ink as the pad shows it (the model's pen is DRAW_PEN, whatever this is)
 # How the names of matplotlib's backends that open windows for the mouse begin (the last three: Jupyter's ipympl).
-WINDOW_BACKENDS = ("tk", "qt", "gtk", "wx", "macosx", "nbagg", "notebook", "webagg", "widget", "ipympl",
-                   "module://ipympl")
+WINDOW_BACKENDS = ("tk", "qt", "gtk", "wx", "macosx", "nbagg", "webagg", "widget", "ipympl", "module://ipympl")
 
 
 def draw_digits(args):
@@ -2733,10 +2732,9 @@ def parse_args(argv=None):
         import matplotlib.pyplot as plt  # which picks the backend: Agg where there is no display
 
         if not (backend := plt.get_backend().lower()).startswith(WINDOW_BACKENDS):
-            parser.error(f"argument --draw: needs a window for the mouse, and matplotlib's backend here is {backend}, "
-                         "which draws to files only (no display, or a notebook's inline plots); in Jupyter: pip "
-                         "install ipympl, then %matplotlib widget; or write the digit on paper, photograph it, run "
-                         "--predict PHOTO")
+            parser.error(f"argument --draw: needs a window for the mouse, but matplotlib's backend here is {backend} "
+                         "(no display, or a notebook's inline plots); in Jupyter: pip install ipympl, then %matplotlib "
+                         "widget; or write the digit on paper, photograph it, run --predict PHOTO")
     return args
 
 

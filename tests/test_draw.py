@@ -213,8 +213,8 @@ def test_without_a_window_it_ends_in_one_line_that_points_to_predict(tmp_path, c
     err = fails(capsys, ["--draw", "--out-dir", tmp_path], 2)
     with capsys.disabled():
         print(f"\n--draw without a window: ended in {1000 * (time.perf_counter() - start):.0f} ms")
-    assert err.startswith("lstm_mnist.py: error: argument --draw: needs a window for the mouse, and matplotlib's "
-                          "backend here is agg, which draws to files only")
+    assert err.startswith("lstm_mnist.py: error: argument --draw: needs a window for the mouse, but matplotlib's "
+                          "backend here is agg (no display, or a notebook's inline plots)")
     assert "pip install ipympl, then %matplotlib widget" in err and "run --predict PHOTO" in err
 
 
