@@ -12,12 +12,13 @@ about 95-96% after the first epoch.
     python lstm_mnist.py --data-dir DIR                    # DIR holds MNIST/raw/ (downloaded there if missing)
     python lstm_mnist.py --show-shapes --bidirectional     # the nn.LSTM shape table, then exit
     python lstm_mnist.py --recipe fast                     # beyond the tutorial: about 99.0% in 3 epochs
+    python lstm_mnist.py --draw                            # after a run: write a digit with the mouse, watch it read
 
 How to read it: sections 0 to 8 are the tutorial's code sections, in its order, each
 banner carrying its heading; `main()` follows as the table of contents. That is the
 learner's path. After `main()` come five marked parts, each holding one kind of thing:
 Part 1, inside the LSTM (optional reading); Part 2, why an LSTM (a plain RNN and a GRU
-beside it); Part 3, your own handwriting (--predict); Part 4, beyond the tutorial's
+beside it); Part 3, your own handwriting (--predict, --draw); Part 4, beyond the tutorial's
 recipe (opt-in flags); Part 5, plumbing a learner may skip. `--help` lists every flag.
 
 怎麼讀這個檔案：從「# 0.」讀到 main() 結束，對應教學的程式碼，段落的順序和標題都和教學一樣；
@@ -1131,7 +1132,8 @@ def plot_cells(results, path):
 # ===========================================================================
 # Part 3. Your own handwriting (用自己的手寫數字試試看)
 # For the learner who wants to ask the trained model about a digit they wrote: --predict
-# reads photos and drawings, made into 28x28 images the way MNIST's were. Trains nothing.
+# reads photos and drawings, --draw a digit written with the mouse, each made into a 28x28
+# image the way MNIST's were. Trains nothing.
 # ===========================================================================
 
 # --- Your own handwriting: --predict -------------------------------------------------
@@ -1196,11 +1198,9 @@ def predict_images(args, argv):
             continue
         with torch.inference_mode():
             probs = model(digit.unsqueeze(0).to(device)).float().softmax(dim=1)[0].cpu()  # (10,)
-        top = probs.topk(2)
-        print(f"{path}: pred {int(top.indices[0])} ({100 * top.values[0]:.1f}%), "
-              f"then {int(top.indices[1])} ({100 * top.values[1]:.1f}%)")
+        print(answer_line(path, probs))
         done.append({"path": path, "given": given, "digit": digit, "probs": probs,
-                     "pred": int(top.indices[0])})
+                     "pred": int(probs.argmax())})
     figure = None
     if done:
         use_windows(args.show)
@@ -1213,6 +1213,13 @@ def predict_images(args, argv):
     if failed:  # each one has had its line on stderr; the good ones are printed and drawn above
         raise SystemExit(1)
     return {"predictions": done, "figure": figure}
+
+
+def answer_line(name, probs):
+    """The line --predict and --draw print for one digit: its two likeliest classes; probs: (10,)."""
+    top = probs.topk(2)
+    return (f"{name}: pred {int(top.indices[0])} ({100 * top.values[0]:.1f}%), "
+            f"then {int(top.indices[1])} ({100 * top.values[1]:.1f}%)")
 
 
 def bad_input(message, failed):
@@ -1443,6 +1450,154 @@ def plot_predict(model, done, path):
                  "and the class\nprobabilities after each row (yellow = likely); "
                  "from the orange line on the answer holds", fontsize=10)
     save_figure(fig, path)
+
+
+# --- Your own handwriting, live: --draw ----------------------------------------------
+# Write a digit with the mouse; watch the LSTM read it: the 28x28 it sees and its answer after
+# each row, as you write. 用滑鼠寫一個數字，看 LSTM 一列一列讀它、答案怎麼變。The strokes are kept
+# as points (a canvas shrunk to 28x28 loses thin strokes; its size changes the answer) and drawn
+# MNIST's way: their longer side DRAW_SIDE pixels, a pen that fit_box's shrink to 20x20 leaves
+# DRAW_STROKE wide, centred by mass. 不論寫多大，縮到 20x20 後筆畫都和 MNIST 一樣粗，再以質心置中。
+DRAW_SIDE = 200  # pixels: the strokes' longer side when drawn, before fit_box shrinks them to FIT
+DRAW_STROKE = 2.2  # pen width at 20x20: at half brightness strokes then measure MNIST's median, 1.8 px
+DRAW_PEN = DRAW_STROKE * DRAW_SIDE / (FIT - DRAW_STROKE)  # ~25 px: DRAW_STROKE once the ink box is FIT
+LIVE_EVERY = 0.1  # seconds: while a stroke is drawn, the answer is updated at most this often
+PAD_LINE = 18  # points: the ink as the pad shows it (the model's pen is DRAW_PEN, whatever this is)
+# How the names of matplotlib's backends that open windows for the mouse begin (the last three: Jupyter's ipympl).
+WINDOW_BACKENDS = ("tk", "qt", "gtk", "wx", "macosx", "nbagg", "webagg", "widget", "ipympl", "module://ipympl")
+
+
+def draw_digits(args, argv):
+    """--draw: a window where the trained model reads what you write with the mouse, row by row."""
+    import matplotlib.pyplot as plt  # parse_args has checked that it opens windows (WINDOW_BACKENDS)
+
+    model, description = load_trained(args, argv)
+    print(f"model: {description}, on cpu")  # one digit at a time: the CPU answers in milliseconds
+    pad = DrawPad(plt.figure("lstm_mnist.py --draw", figsize=(11, 5)), model.cpu().eval(), args.out_dir)
+    plt.show()  # until the window closes; in Jupyter at once, and the pad lives on in the notebook
+    return {"draw": pad}
+
+
+def strokes_to_mnist(strokes):
+    """Strokes (lists of (x, y), y down) -> (the 28x28 the model reads, the Pillow image drawn: white on black)."""
+    from PIL import Image, ImageDraw
+
+    points = torch.tensor([point for stroke in strokes for point in stroke], dtype=torch.float32)  # (n, 2)
+    low, extent = points.amin(dim=0), points.amax(dim=0) - points.amin(dim=0)
+    scale = DRAW_SIDE / max(float(extent.max()), 1e-6)  # the longer side -> DRAW_SIDE, whatever it was
+    points = (points - low) * scale + DRAW_PEN  # a margin of paper, so --predict finds the border
+    image = Image.new("L", tuple((extent * scale + 2 * DRAW_PEN).ceil().int().tolist()), 0)
+    pen, r = ImageDraw.Draw(image), DRAW_PEN / 2
+    for stroke in points.split([len(stroke) for stroke in strokes]):
+        stroke = [tuple(point) for point in stroke.tolist()]
+        pen.line(stroke, fill=255, width=round(DRAW_PEN), joint="curve")
+        for x, y in stroke:  # round ends, and a dot where you only clicked
+            pen.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    ink = pixels(image) / 255  # (H, W)
+    rows, cols = ink.any(dim=1).nonzero().flatten(), ink.any(dim=0).nonzero().flatten()
+    digit = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # cropped to the ink: (h, w)
+    return centre_of_mass_at_centre(fit_box(digit)), image  # steps 8 to 10 of --predict
+
+
+class DrawPad:
+    """--draw's figure: the pad, the 28x28 the model sees, its answer after each row, and the answer."""
+
+    def __init__(self, fig, model, out_dir):
+        import matplotlib.pyplot as plt
+        from matplotlib.widgets import Button
+
+        self.fig, self.model, self.out_dir, self.close = fig, model, Path(out_dir), lambda: plt.close(fig)
+        self.strokes, self.lines, self.drawing, self.last = [], [], False, 0.0
+        # (left, bottom, width, height) in the 11 x 5 inch figure; the pad is square, 4 x 4 inches, y down.
+        self.pad = fig.add_axes((0.02, 0.12, 0.3636, 0.8), xlim=(0, 1), ylim=(1, 0), xticks=[], yticks=[],
+                                title="write a digit here")
+        self.ax_digit = ax_digit = fig.add_axes((0.42, 0.1, 0.3, 0.66), xticks=[], yticks=range(0, SEQ_LEN, 7),
+                                                ylabel="row t", title="what the model sees")
+        ax_steps = fig.add_axes((0.78, 0.1, 0.13, 0.66), xticks=range(N_CLASS), yticks=[],
+                                title="bidirectional: no reading" if model.bidirectional else "after row t")
+        self.steps = probs_while_reading(model, torch.zeros(1, SEQ_LEN, IN_DIM))[0] * 0  # (28 + K rows, 10)
+        self.digit_image = ax_digit.imshow(torch.zeros(SEQ_LEN, IN_DIM).numpy(), cmap="gray", vmin=0, vmax=1)
+        self.steps_image = ax_steps.imshow(self.steps.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        self.settled = [ax.axhline(math.nan, color="tab:orange", linewidth=1.5) for ax in (ax_digit, ax_steps)]
+        self.answer = fig.text(0.66, 0.86, "", fontsize=30, ha="center")
+        fig.text(0.13, 0.035, "left mouse: draw | right mouse or u: erase a stroke | c: clear | s: save a PNG | "
+                              "q: quit", fontsize=8, va="center")
+        self.button = Button(fig.add_axes((0.02, 0.01, 0.1, 0.05)), "Clear")
+        self.button.on_clicked(lambda event: self.erase(slice(None)))
+        if getattr(fig.canvas.manager, "key_press_handler_id", None):  # matplotlib's keys: s, c, q ...
+            fig.canvas.mpl_disconnect(fig.canvas.manager.key_press_handler_id)
+        for name, handler in [("button_press_event", self.press), ("motion_notify_event", self.move),
+                              ("button_release_event", self.release), ("key_press_event", self.key)]:
+            fig.canvas.mpl_connect(name, handler)
+        fig.draw_pad = self  # callbacks hold only weak references: the figure keeps the pad alive
+        self.update()
+
+    def press(self, event):
+        if event.inaxes is not self.pad or self.pad.get_navigate_mode():  # outside, or zooming
+            return
+        if event.button == 1:  # a new stroke: a list of points, and its line on the pad
+            self.drawing = True
+            self.strokes.append([(event.xdata, event.ydata)])
+            self.lines += self.pad.plot(event.xdata, event.ydata, "k", lw=PAD_LINE, solid_capstyle="round")
+        elif event.button == 3 and self.strokes:  # the stroke nearest the click
+            near = [min(math.dist(point, (event.xdata, event.ydata)) for point in s) for s in self.strokes]
+            self.erase(slice(k := near.index(min(near)), k + 1))
+
+    def move(self, event):
+        if self.drawing and event.inaxes is self.pad:
+            self.strokes[-1].append((event.xdata, event.ydata))
+            self.lines[-1].set_data(*zip(*self.strokes[-1]))
+            if time.monotonic() - self.last >= LIVE_EVERY:
+                self.update()
+            self.fig.canvas.draw_idle()
+
+    def release(self, event):
+        if self.drawing:
+            self.drawing = False
+            self.update()
+            print(answer_line("drawing", self.probs))
+
+    def key(self, event):
+        actions = {"c": lambda: self.erase(slice(None)), "u": lambda: self.erase(slice(-1, None)),
+                   "s": self.save, "q": self.close}
+        actions.get(event.key, lambda: None)()
+
+    def erase(self, strokes):
+        for line in self.lines[strokes]:
+            line.remove()
+        del self.lines[strokes], self.strokes[strokes]
+        self.update()
+
+    def update(self):
+        """Draw the strokes MNIST's way and ask the model: the 28x28, its answer after each row, the answer."""
+        self.last = time.monotonic()
+        blank = torch.zeros(SEQ_LEN, IN_DIM), None  # before the first stroke, and after Clear
+        self.digit, self.image = strokes_to_mnist(self.strokes) if self.strokes else blank  # (28, 28), Pillow
+        with torch.inference_mode():
+            self.probs = self.model(self.digit[None]).softmax(dim=1)[0]  # (10,), as --predict reads it
+        if not self.model.bidirectional:
+            self.steps = probs_while_reading(self.model, self.digit[None])[0]  # (28 + K rows, 10)
+        settled = settled_row(self.steps, with_zero_rows(self.digit[None], len(self.steps) - SEQ_LEN)[0])
+        self.digit_image.set_data(self.digit.numpy())
+        self.steps_image.set_data(self.steps.numpy())
+        settled = settled if self.strokes else None
+        for line in self.settled:  # from the orange line on, the answer holds (as in reading.png)
+            line.set_ydata([math.nan if settled is None else settled + 0.5] * 2)
+        pred = int(self.probs.argmax())
+        self.answer.set_text(f"{pred}  {100 * self.probs[pred]:.1f}%" if self.strokes else "")
+        says = f"says {pred} from row {settled} on" if settled is not None else f"never sure: p < {SETTLED_PROB:g}"
+        self.ax_digit.set_xlabel("" if not self.strokes or self.model.bidirectional else says)
+        self.fig.canvas.draw_idle()
+
+    def save(self):
+        """s: the drawing as a PNG, dark ink on white paper, that --predict reads to the same answer."""
+        if self.image is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = next(path for k in range(1, sys.maxsize)  # drawing-1.png, -2, ...: the first free name
+                        if not (path := self.out_dir / f"drawing-{k}.png").exists())
+            self.image.point(lambda level: 255 - level).save(path)  # white on black -> dark on white
+            again = shell_command(["--predict", str(path), "--out-dir", str(self.out_dir)])
+            print(f"saved {path} (read it again: {again})")
 
 
 # ===========================================================================
@@ -1693,6 +1848,8 @@ def side_trip(args, argv, ctrl_c):
         return {"shapes": show_shapes(model_hparams(args), args.batch_size)}
     if getattr(args, "predict", None):  # Part 3: your own digit images; absent from args unless given
         return predict_images(args, argv)
+    if getattr(args, "draw", False):  # Part 3: a digit written with the mouse; absent unless given
+        return draw_digits(args, argv)
     if args.compare_cells:  # Part 2: lstm, gru and rnn, one after another
         return compare_cells(args, argv, ctrl_c)
     return None
@@ -2514,6 +2671,9 @@ def build_parser():
     run.add_argument("--predict", nargs="+", metavar="PATH", default=argparse.SUPPRESS, help="train nothing: "
                      "read your own images of handwritten digits (files or folders of PNG, JPEG, BMP, GIF, WebP) "
                      "the way MNIST's were made, print what the model in --out-dir says, and draw predict.png")
+    run.add_argument("--draw", action="store_true", default=argparse.SUPPRESS, help="train nothing: write a digit "
+                     "with the mouse and watch the model in --out-dir read it row by row (needs a window: a "
+                     "desktop, or Jupyter with ipympl)")
     beyond = parser.add_argument_group("beyond the tutorial's recipe (opt-in; --recipe sets several at once)")
     beyond.add_argument("--recipe", choices=list(RECIPES), help=f"fast: {recipe_flags('fast')}; best: "
                         f"{recipe_flags('best')}; flags given on their own still override it")
@@ -2577,6 +2737,11 @@ def is_kernel_command_line(argv):
     return False
 
 
+# What --draw refuses besides the other side trips: the flags that only training reads.
+DRAW_REFUSES = ("dataset", "epochs", "batch_size", "lr", "log_interval", "max_batches", "resume", "eval_only",
+                *BEYOND_DEFAULTS)
+
+
 def parse_args(argv=None):
     """Parse and check every argument before any data is read or any epoch runs."""
     parser = build_parser()
@@ -2611,12 +2776,23 @@ def parse_args(argv=None):
         parser.error("argument --seeds: only with --compare-cells; for one run use --seed")
     # The flags that run something else than the tutorial's run (side_trip): one at a time.
     trips = [flag for flag, given in [("--show-shapes", args.show_shapes), ("--predict", "predict" in args),
-                                      ("--compare-cells", args.compare_cells)] if given]
+                                      ("--draw", "draw" in args), ("--compare-cells", args.compare_cells)] if given]
     if len(trips) > 1:
         parser.error(f"argument {trips[1]}: not allowed with {trips[0]}; pick one")
     if "predict" in args and (args.resume or args.eval_only):
         parser.error(f"argument --predict: not allowed with {'--resume' if args.resume else '--eval-only'}: "
                      "it trains nothing and reads the model in --out-dir")
+    if "draw" in args:  # Part 3: --draw trains nothing, and needs a window
+        typed = typed_keys(argv)
+        if given := [key for key in DRAW_REFUSES if key in typed]:
+            parser.error(f"argument --draw: not allowed with --{given[0].replace('_', '-')} (--draw trains nothing: "
+                         f"it reads the model in --out-dir)")
+        import matplotlib.pyplot as plt  # which picks the backend: Agg where there is no display
+
+        if not (backend := plt.get_backend().lower()).startswith(WINDOW_BACKENDS):
+            parser.error(f"argument --draw: needs a window for the mouse, but matplotlib's backend here is {backend} "
+                         "(no display, or a notebook's inline plots); in Jupyter: pip install ipympl, then %matplotlib "
+                         "widget; or write the digit on paper, photograph it, run --predict PHOTO")
     return args
 
 

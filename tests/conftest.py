@@ -169,3 +169,32 @@ def fails(capsys, argv, code):
 def metrics(history):
     """The history without the wall times, which differ between identical runs."""
     return [{key: value for key, value in row.items() if key != "seconds"} for row in history]
+
+
+# --- A model trained briefly on the real data (tests/test_predict.py, tests/test_draw.py) ----------
+N_PER_KIND = 100  # disguised test digits per kind
+REAL_BATCHES = 300  # batches of 100 real training digits for the model that reads them (about 96%)
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """A small model trained briefly on real MNIST, and the last test digits (skipped without the real data).
+
+    Shared by --predict's and --draw's tests: trained once per session.
+    """
+    if not HAS_REAL_DATA:
+        pytest.skip(f"real MNIST not in {REAL_DATA}")
+    images, labels = lstm_mnist.load_split(REAL_DATA, "mnist", train=True)
+    torch.manual_seed(0)
+    model = lstm_mnist.build_model(lstm_mnist.model_hparams(lstm_mnist.parse_args(["--hidden-dim", "32"])))
+    optimizer = torch.optim.Adam(model.parameters())
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=REAL_BATCHES)
+    for batch in torch.randperm(len(images))[: REAL_BATCHES * 100].view(REAL_BATCHES, 100):
+        loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    test_images, test_labels = lstm_mnist.load_split(REAL_DATA, "mnist", train=False)
+    return model.eval(), test_images[-N_PER_KIND:], test_labels[-N_PER_KIND:]

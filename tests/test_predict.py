@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from conftest import HAS_REAL_DATA, REAL_DATA, fails, lstm_mnist
+from conftest import N_PER_KIND, REAL_DATA, fails, lstm_mnist
 
 LINE = re.compile(r"^(.+): pred (\d) \((\d+\.\d)%\), then (\d) \((\d+\.\d)%\)$")
 KINDS = ["scaled", "paper", "transparent", "photo", "small", "sideways"]
@@ -318,30 +318,7 @@ def test_a_fashion_model_is_refused_for_digits(tmp_path, capsys):
     assert "needs a model trained on mnist" in err
 
 
-# --- With the real data: disguised MNIST test digits ------------------------------------
-N_PER_KIND = 100  # disguised test digits per kind
-REAL_BATCHES = 300  # batches of 100 real training digits for the model that reads them (about 96%)
-
-
-@pytest.fixture(scope="module")
-def real_model():
-    """A small model trained briefly on real MNIST, and the last test digits (skipped without the real data)."""
-    if not HAS_REAL_DATA:
-        pytest.skip(f"real MNIST not in {REAL_DATA}")
-    images, labels = lstm_mnist.load_split(REAL_DATA, "mnist", train=True)
-    torch.manual_seed(0)
-    model = lstm_mnist.build_model(lstm_mnist.model_hparams(lstm_mnist.parse_args(["--hidden-dim", "32"])))
-    optimizer = torch.optim.Adam(model.parameters())
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=REAL_BATCHES)
-    for batch in torch.randperm(len(images))[: REAL_BATCHES * 100].view(REAL_BATCHES, 100):
-        loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-    test_images, test_labels = lstm_mnist.load_split(REAL_DATA, "mnist", train=False)
-    return model.eval(), test_images[-N_PER_KIND:], test_labels[-N_PER_KIND:]
+# --- With the real data: disguised MNIST test digits (real_model: conftest.py) ------------
 
 
 def shifted_similarity(back, images):
