@@ -912,11 +912,6 @@ def padded(model, images):
     return with_zero_rows(images, model.pad_rows if isinstance(model, CellModel) else 0)
 
 
-def scores_of_rows(model, rows):
-    """The model's scores for rows it reads as they are, zero rows included: (batch, n_class)."""
-    return model.read(rows) if isinstance(model, CellModel) else model(rows)
-
-
 def hparams_of(model):
     """The model flags (MODEL_FLAGS) that build_model would need to build `model` again."""
     layer = recurrent_layer(model)
@@ -949,7 +944,7 @@ def memory_profile(model, images, labels):
     rows = padded(model, images).detach().requires_grad_()  # (n, 28 + K, 28)
     # cuDNN computes an RNN's backward only in training mode, so on CUDA this runs without it.
     with torch.backends.cudnn.flags(enabled=False):
-        scores = scores_of_rows(model, rows)  # (n, n_class)
+        scores = model.read(rows) if isinstance(model, CellModel) else model(rows)  # (n, n_class), rows as given
         score_true = scores.gather(1, labels.view(-1, 1)).sum()  # image i's score depends on its rows only
         (grad,) = torch.autograd.grad(score_true, rows)  # (n, 28 + K, 28): d score_true_i / d rows_i
     return grad.norm(dim=2).cpu()  # (n, 28 + K)
@@ -2240,20 +2235,15 @@ def read_pair(out_dir, kind="current"):
         except RunError:  # damaged or not ours: kept all the same, never called a pair
             record = {}
         record = record if isinstance(record, dict) else {}
-    paired = bool(record) and weights.is_file() and same_weights(weights, record.get("model"))
+    try:  # RNN.pth pairs with checkpoint.pt when it holds exactly the tensors the record holds
+        saved, model = read_weights_only(weights) if weights.is_file() else None, record.get("model") if record else None
+        paired = isinstance(saved, dict) and isinstance(model, dict) and saved.keys() == model.keys() and all(
+            torch.equal(saved[key], model[key]) for key in saved)
+    except RunError:  # unreadable weights pair with nothing
+        paired = False
     finished = paired and bool(record.get("run", {}).get("finished"))
     return {"checkpoint": checkpoint, "weights": weights, "record": record, "paired": paired,
             "finished": finished}
-
-
-def same_weights(path, state_dict):
-    """True if the weights file at `path` holds exactly `state_dict`'s tensors."""
-    try:
-        weights = read_weights_only(path)
-    except RunError:
-        return False
-    return (isinstance(state_dict, dict) and isinstance(weights, dict) and weights.keys() == state_dict.keys()
-            and all(torch.equal(weights[key], state_dict[key]) for key in weights))
 
 
 def epochs_of(record):
@@ -2317,7 +2307,9 @@ def atomic_file(path, before_replace=None):
         fd, tmp_name = tempfile.mkstemp(prefix=Path(path).name + ".", suffix=".tmp",
                                         dir=Path(path).parent)
         # mkstemp makes it private (0600); the figures follow the umask, so this file does too.
-        os.chmod(tmp_name, 0o666 & ~current_umask())
+        umask = os.umask(0)  # the only way to read it is to set it, so set it straight back
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -2356,12 +2348,6 @@ def write_failure(err, path):
     except ImportError:
         pass
     return last_line(err)
-
-
-def current_umask():
-    umask = os.umask(0)  # the only way to read it is to set it, so set it straight back
-    os.umask(umask)
-    return umask
 
 
 def random_state(generator, device):
