@@ -13,6 +13,7 @@ copy of lstm_mnist.py (an older one, say) on the same pages.
 
 import argparse
 import importlib.util
+import io
 import sys
 from pathlib import Path
 
@@ -79,6 +80,13 @@ def page_of(digit, kind, seed):
     page = page * light(kind, page.shape[1:])
     page = page + GRAIN * torch.randn(page.shape, generator=generator)
     return Image.fromarray(page.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def photographed(digit, kind, seed):
+    """The page of `digit` as --predict gets it: saved as JPEG (a transparent one as PNG) and opened again."""
+    page, saved = page_of(digit, kind, seed), io.BytesIO()
+    page.save(saved, "PNG" if kind == "transparent" else "JPEG", **({} if kind == "transparent" else {"quality": QUALITY}))
+    return Image.open(saved)
 
 
 def light(kind, size):
