@@ -1132,33 +1132,30 @@ def plot_cells(results, path):
 #   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark on
 #      light. Judged on the whole image, mostly paper, so neither a big digit nor a dark table
 #      round the page fools it. MNIST 是黑底白字：看整張圖（大多是紙）決定要不要反相。
-#   5. Ink is what is darker than the paper near it. A hand's shadow or a lens's dark corners
-#      dim paper and ink alike, so each pixel is divided by the paper's own light there: the
-#      image with its strokes closed over (a max, then a min, filter on coarse blocks), blurred.
-#      The paper becomes 0; what stands well above its grain is ink.
-#      陰影、暗角：除以附近紙的亮度，紙變成 0，比紙的雜訊亮很多的才是墨水。
-#   6. Not the digit: rows or columns inked nearly end to end. Thin ones are ruled or grid
-#      lines (a stroke that crossed one is bridged from above and below); thick ones at a side
-#      are the table or the page's edge. 去掉橫線、格線（筆畫穿過處補回）和邊上的桌面、紙邊。
-#   7. Crop to the ink: what is brighter than the paper by a share of the ink's contrast.
-#      Without this a small digit in a big photo shrinks to a dot. Several pieces far apart,
-#      a speck, or ink nearly everywhere get a warning: the crop holds more than one digit.
-#      裁到墨水的範圍；有好幾塊墨水、小污點或滿版墨水時會警告。
-#   8. Strokes to MNIST's width, about two pixels at 20x20: a ballpoint line 5 pixels wide in a
-#      1000-pixel digit would fade away, and a marker's would close the loop of a 9 or a 0.
-#      筆畫粗細調成 MNIST 的約兩像素：細筆加粗、麥克筆變細（0 和 9 的圈才不會塗滿）。
+#   5. Ink is what is darker than the paper near it: a hand's shadow or a lens's dark corners
+#      dim paper and ink alike, so each pixel is divided by the paper's light there (the image
+#      with its strokes closed over on coarse blocks, blurred). The paper becomes 0; what stands
+#      well above its grain is ink. 除以附近紙的亮度（陰影、暗角消掉）；比紙的雜訊亮很多的才是墨水。
+#   6. Not the digit: rows or columns inked nearly end to end. Thick ones at a side, a table or
+#      the page's edge, are cut off first; thin ones, ruled or grid lines, become paper, with a
+#      stroke across one bridged. 切掉邊上的桌面、紙邊；橫線、格線變成紙，筆畫穿過處補回。
+#   7. Crop to the ink: what is brighter than the paper by a share of the ink's contrast, else
+#      a small digit in a big photo shrinks to a dot. Pieces far apart, a speck, or ink nearly
+#      everywhere get a warning. 裁到墨水的範圍；多塊墨水、小污點、滿版墨水時會警告。
+#   8. Strokes to MNIST's widths: a ballpoint line in a big photo thickened (at 20x20 it would
+#      fade away), a marker's thinned (it would fill the loop of a 9). 細筆加粗，麥克筆變細。
 #   9. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow,
 #      and edges get MNIST's grey levels. 保持長寬比放進 20x20，用 LANCZOS 抗鋸齒縮小。
 #  10. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only
 #      seen digits there. 以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
 #  11. Values 0..1, as section 2 gives the training images. 數值 0..1，和訓練資料一樣。
-PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")
+PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")  # in a folder
 NOT_READ = (".heic", ".heif")  # an iPhone's photos: Pillow cannot read them without a plug-in
 N_PREDICT = 8  # images drawn in predict.png (every image gets its printed line)
 WORK_SIDE = 1600  # a bigger image is read, or shrunk, to about this longer side (speed, memory)
 SHOWN_SIDE = 400  # predict.png's copy of each image: only this small one is kept
-PAPER_BLOCKS = 32  # step 5: the paper's light is found on blocks of 1/32 of the longer side...
-PAPER_REACH = 4  # ...closing over strokes up to 2 x 4 + 1 blocks wide (a marker's)
+PAPER_BLOCKS, PAPER_REACH = 32, 4  # step 5: the paper's light, on blocks of 1/32 of the longer side, closes
+# over strokes up to 2 x 4 + 1 blocks wide (a marker's)
 INK_SIGMAS = 5  # ink is brighter than the paper by this many times its grain (a std)...
 INK_SHARE = 0.15  # ...and, to count for the crop, by this share of the brightest ink's contrast
 MIN_CONTRAST = 40  # levels (of 255) between paper and ink below which there is no ink: a blank page
@@ -1166,9 +1163,9 @@ RULE_SHARE = 0.8  # step 6: a row (column) inked on this share of its length is 
 RULE_THICK = 0.03  # ...a rule if its band is at most this share of the side, with a fringe
 RULE_FRINGE = 1  # pixels each side; thicker, it must lie along a side of the image (a table)...
 EDGE_MOST = 0.3  # ...and be at most this share of it (else it is the digit's own bar)
-PIECE_BLOCKS = 40  # step 7: pieces of ink are found on blocks of 1/40 of the longer side;
-SECOND_DIGIT = 0.25  # a second piece at least this share of the biggest is another digit...
-SPECK = 0.03  # ...and a piece under this share is a speck
+SKEW_DEGREES, SKEW_STEP, SKEW_SIDE = 4, 0.25, 400  # rules tilted up to 4 degrees made level (steps, copy's width)
+PIECE_BLOCKS = 40  # step 7: pieces of ink are found on blocks of 1/40 of the longer side; a second piece
+SECOND_DIGIT, SPECK = 0.25, 0.03  # this share of the biggest is another digit, one under this a speck
 MOST_INK = 0.4  # ink over this share of the image: a digit cropped with no paper round it, or a misjudged page
 THIN_STROKE = 1.2  # strokes narrower than this (pixels, the digit 20 pixels tall) are thickened...
 TARGET_STROKE = 1.8  # ...to about this width: MNIST's usual stroke (README)
@@ -1209,6 +1206,7 @@ def predict_images(args):
         done.append({"path": path, "given": given, "digit": digit, "probs": probs,
                      "pred": int(top.indices[0])})
     figure = Path(args.out_dir) / "predict.png"
+    figure.unlink(missing_ok=True)  # an earlier run's, which would show other images
     if done:
         use_windows(args.show)
         plot_predict(model, done[:N_PREDICT], figure)
@@ -1216,12 +1214,9 @@ def predict_images(args):
         print(f"saved {figure}{shown}")
         if args.show:
             show_figures({"predict": figure})
-    else:  # an earlier run's predict.png would show other images
-        figure.unlink(missing_ok=True)
-        figure = None
     if failed:  # each one has had its line on stderr; the good ones are printed and drawn above
         raise SystemExit(1)
-    return {"predictions": done, "figure": figure}
+    return {"predictions": done, "figure": figure if done else None}
 
 
 def bad_input(message, failed):
@@ -1283,8 +1278,8 @@ def open_image(path):
     from PIL import Image, ImageOps
 
     if path.suffix.lower() in NOT_READ:
-        raise RunError(f"{path}: Pillow cannot read HEIC; save it as JPEG (on an iPhone: Settings > Camera > "
-                       "Formats > Most Compatible; or open it and export/share as JPEG)")
+        raise RunError(f"{path}: Pillow cannot read HEIC; save it as JPEG (iPhone: Settings > Camera > Formats > "
+                       "Most Compatible)")
     # Pillow refuses an image over twice MAX_IMAGE_PIXELS when it opens it (a small file that unpacks
     # into gigabytes: a "decompression bomb"); here the check is on what is decoded, after draft().
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -1295,9 +1290,12 @@ def open_image(path):
             if image.width * image.height > limit:
                 raise RunError(f"{path}: too big to read safely ({size[0]} x {size[1]} pixels); "
                                "save it smaller or as JPEG")
-            image = eight_bits(image)
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # 16-bit or float: as its 8-bit version
+                top = image.getextrema()[1]
+                scale = 255 if top <= 1 else 1 / 257 if top > 255 else 1  # floats 0..1, 16 bits, or 8 held wider
+                image = image.convert("F").point(lambda level: level * scale).convert("L")
             image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
-            image.convert("L")  # a mode with no grey levels (LAB, HSV) fails here, as one line
+            image.convert("L")  # a mode with no grey levels (LAB) fails here, as one line
             upright = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # not an image, truncated, ...
         raise RunError(f"{path}: not an image Pillow can read ({last_line(err)})") from None
@@ -1305,15 +1303,6 @@ def open_image(path):
         Image.MAX_IMAGE_PIXELS = limit
     upright.info["given_size"] = size if (upright.width > upright.height) == (size[0] > size[1]) else size[::-1]
     return upright
-
-
-def eight_bits(image):
-    """Step 1: a 16-bit (I;16, I) or float (F) image as its 8-bit version would read; others as they are."""
-    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
-        return image
-    top = image.getextrema()[1]
-    scale = 255 if top <= 1 else 1 / 257 if top > 255 else 1  # floats 0..1, 16 bits, or 8 bits held wide
-    return image.convert("F").point(lambda level: level * scale).convert("L")
 
 
 def to_mnist(image, notes=None):
@@ -1330,10 +1319,11 @@ def to_mnist(image, notes=None):
         levels = 255 - levels
     ink = 255 * (1 - levels / paper_light(levels, ramps=False))  # a table at a side is ink...
     floor = paper_floor(ink)
-    levels = levels[kept(lines(ink, floor))][:, kept(lines(ink.T, floor))]  # ...cut off (step 6)
+    paper = ~lines(ink, floor)[:, None] & ~lines(ink.T, floor)  # (H, W): not in a band along a side
+    levels = cropped(levels, paper) if paper.any() else levels  # ...cut off (step 6)
     ink = 255 * (1 - levels / paper_light(levels))  # step 5: (H, W), the paper ~0, black ink 255
     floor = paper_floor(ink)  # lighter than this is paper
-    ink = bridged(bridged(ink, floor).T, floor).T  # step 6: rules, then grid columns
+    ink = bridged(bridged(straightened(ink, floor), floor).T, floor).T  # step 6: rules level, then rows, columns
     contrast = float(ink.max()) - floor
     if contrast < MIN_CONTRAST:
         return None  # no ink: a blank page
@@ -1375,8 +1365,7 @@ def paper_light(levels, ramps=True):
     light = nn.functional.max_pool2d(levels[None, None], block, ceil_mode=True)  # (1, 1, ~32, ~32)
     # Closing (a max filter, then a min filter) takes out strokes narrower than it and keeps a ramp of
     # light, if the border is copied outwards; bright paper outside makes a dark table at a side ink.
-    pad = (2 * PAPER_REACH,) * 4
-    light = nn.functional.pad(light, pad, mode="replicate") if ramps else nn.functional.pad(light, pad, value=255)
+    light = nn.functional.pad(light, (2 * PAPER_REACH,) * 4, **({"mode": "replicate"} if ramps else {"value": 255}))
     light = nn.functional.max_pool2d(light, 2 * PAPER_REACH + 1, stride=1)
     light = -nn.functional.max_pool2d(-light, 2 * PAPER_REACH + 1, stride=1)  # (1, 1, ~32, ~32) again
     light = nn.functional.avg_pool2d(light, 3, stride=1, padding=1, count_include_pad=False)  # blurred
@@ -1387,12 +1376,11 @@ def paper_floor(ink):
     """The level under which `ink` (H, W) is paper: its median plus INK_SIGMAS times its grain."""
     paper = float(ink.median())
     # The grain (a std) from the lighter half only, which holds no ink: a Gaussian's quartile is 0.6745 std.
-    return paper + INK_SIGMAS * (paper - float(ink.flatten()[:: max(1, ink.numel() // 10**6)].quantile(0.25))) / 0.6745
+    return paper + INK_SIGMAS * (paper - float(ink.quantile(0.25))) / 0.6745
 
 
 def lines(ink, floor):
-    """Step 6: (H,) True for the rows of `ink` (H, W) inked nearly end to end: thin ones (rules, with
-    their fringe), and thick ones along the top or bottom (a table, a page edge)."""
+    """Step 6: (H,) True for rows of `ink` (H, W) inked end to end: rules (with fringe), a table or page edge."""
     inked = (ink > floor).float().mean(dim=1) > RULE_SHARE  # (H,)
     above, below = nearest_rows(~inked)
     thickness, side = below - above - 1, len(inked)
@@ -1401,10 +1389,23 @@ def lines(ink, floor):
     return nn.functional.max_pool1d(inked[None].float(), 2 * RULE_FRINGE + 1, 1, RULE_FRINGE)[0] > 0
 
 
-def kept(inked):
-    """The rows from the first to the last one not `inked` (H,): a slice."""
-    rows = (~inked).nonzero().flatten()
-    return slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) else slice(None)
+def straightened(ink, floor):
+    """Step 6: `ink` (H, W) turned so that rules tilted up to SKEW_DEGREES (a page photographed askew) run level."""
+    from PIL import Image
+
+    block = -(-max(ink.shape) // SKEW_SIDE)  # found on a copy at most SKEW_SIDE pixels wide: (h, w)
+    inked = nn.functional.max_pool2d((ink > floor).float()[None, None], block, ceil_mode=True)[0, 0]
+    rows, cols = torch.arange(inked.shape[0])[:, None], torch.arange(inked.shape[1])[None] - inked.shape[1] / 2
+    fullest = {}  # at each angle, the most inked row of the copy sheared by it: at the right one a rule fills a row
+    for degrees in torch.arange(-SKEW_DEGREES, SKEW_DEGREES + SKEW_STEP / 2, SKEW_STEP).tolist():
+        sheared = (rows + cols * math.tan(math.radians(degrees))).round().long().clamp(0, len(rows) - 1)
+        fullest[degrees] = float(torch.bincount(sheared.flatten(), inked.flatten(), minlength=len(rows))[1:-1].max())
+    degrees = max(fullest, key=fullest.get)
+    if fullest[degrees] < RULE_SHARE * inked.shape[1] or fullest[degrees] <= fullest[0.0]:
+        return ink  # no rule, or level already
+    image = Image.frombytes("F", ink.shape[::-1], ink.contiguous().numpy().tobytes())
+    image = image.rotate(-degrees, Image.Resampling.BILINEAR)
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(ink.shape)
 
 
 def bridged(ink, floor):
@@ -1436,13 +1437,9 @@ def ink_warnings(strokes):
             break
         labels = spread
     sizes = torch.stack([mass[labels == k].sum() for k in labels[mass > 0].unique()]).sort(descending=True).values
-    notes = []
-    if len(sizes) > 1 and sizes[1] >= SECOND_DIGIT * sizes[0]:
-        notes.append(f"{int((sizes >= SECOND_DIGIT * sizes[0]).sum())} pieces of ink far apart "
-                     "(several digits?): crop to one")
-    if sizes[-1] < SPECK * sizes[0]:
-        notes.append("a speck of ink apart from the digit widens the crop: crop it out")
-    return notes
+    digits = int((sizes >= SECOND_DIGIT * sizes[0]).sum())
+    return ([f"{digits} pieces of ink far apart (several digits?): crop to one"] if digits > 1 else []) + \
+        (["a speck of ink apart from the digit widens the crop: crop it out"] if sizes[-1] < SPECK * sizes[0] else [])
 
 
 def cropped(digit, keep):
@@ -1452,8 +1449,7 @@ def cropped(digit, keep):
 
 
 def restroke(digit):
-    """Step 8: strokes of `digit` (h, w) under THIN_STROKE pixels at 20x20 thickened to about TARGET_STROKE,
-    (h + 2r, w + 2r); over THICK_STROKE, thinned to it and cropped again."""
+    """Step 8: `digit`'s strokes thickened to TARGET_STROKE at 20x20 (h + 2r, w + 2r), or thinned to THICK_STROKE."""
     strokes = nn.functional.pad(digit > 0.5, (1, 1, 1, 1)).float()  # (h + 2, w + 2)
     edges = (strokes[1:] != strokes[:-1]).sum() + (strokes[:, 1:] != strokes[:, :-1]).sum()
     width = float(2 * strokes.sum() / edges.clamp(min=1))  # a stroke w wide, L long: area w * L, edges ~2 * L
@@ -1462,17 +1458,16 @@ def restroke(digit):
     target = TARGET_STROKE if thin else THICK_STROKE
     # Growing (shrinking) each stroke by 2r grows (shrinks) the digit by 2r; solve for the width at 20x20.
     r = round((target * long_side / FIT - width) / (1 - target / FIT) / 2)
-    r = max(1, r) if thin else min(0, r)  # < 0: thinner
+    r = max(1, r) if thin else min(0, r)  # < 0: thinner; 0: already MNIST's width
     if r == 0:
         return digit
-    sign, r = (1 if r > 0 else -1), abs(r)
-    grown = nn.functional.pad(sign * digit, (r, r, r, r))[None, None]  # (1, 1, h + 2r, w + 2r)
+    grown = nn.functional.pad(digit if r > 0 else -digit, (abs(r),) * 4)[None, None]  # (1, 1, h + 2r, w + 2r)
     # A square max filter 2r + 1 wide (a min filter of -digit), as two 1-D passes: far faster.
-    grown = nn.functional.max_pool2d(grown, (1, 2 * r + 1), stride=1, padding=(0, r))
-    grown = nn.functional.max_pool2d(grown, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0]
-    if sign < 0:
-        return cropped(-grown, -grown > 0) if (-grown > 0).any() else digit
-    return grown
+    grown = nn.functional.max_pool2d(grown, (1, 2 * abs(r) + 1), stride=1, padding=(0, abs(r)))
+    grown = nn.functional.max_pool2d(grown, (2 * abs(r) + 1, 1), stride=1, padding=(abs(r), 0))[0, 0]
+    if r > 0:
+        return grown
+    return cropped(-grown, -grown > 0) if (-grown > 0).any() else digit  # thinner, (h, w) then cropped
 
 
 def fit_box(digit):
@@ -1562,7 +1557,6 @@ def font_for(text):
         font = ft2font.FT2Font(path)
         if all(font.get_char_index(ord(char)) for char in text):
             return font_manager.FontProperties(fname=path)
-    return None
 
 
 # ===========================================================================

@@ -59,9 +59,9 @@ def test_a_dark_band_at_a_side_is_table_but_in_the_middle_it_is_the_digit():
     ink[150:180, 10:190] = 200  # a digit's thick bar across the middle
     ink[100:102] = 120  # a thin rule
     lines = lstm_mnist.lines(ink, floor=20)
-    assert lines[:40].all() and not lines[150:180].any() and lines[100:102].all()
-    assert not lines[43:99].any()  # a rule takes a fringe of RULE_FRINGE rows, no more
-    assert lstm_mnist.kept(lines) == slice(40 + lstm_mnist.RULE_FRINGE, 300)
+    fringe = lstm_mnist.RULE_FRINGE  # rows each side of a band, taken with it
+    assert lines[: 40 + fringe].all() and lines[100 - fringe : 102 + fringe].all() and not lines[150:180].any()
+    assert not lines[40 + fringe : 100 - fringe].any() and not lines[102 + fringe :].any()
 
 
 def test_a_rule_is_made_paper_and_a_stroke_across_it_is_bridged():
@@ -202,3 +202,14 @@ def test_a_file_name_is_drawn_in_a_font_that_has_its_glyphs_or_escaped():
 def test_a_webp_drawing_is_read(tmp_path):
     drawn_seven().reduce(2).save(tmp_path / "seven.webp", quality=90)
     assert lstm_mnist.to_mnist(lstm_mnist.open_image(tmp_path / "seven.webp")) is not None
+
+
+def test_the_rules_of_a_page_photographed_askew_are_made_level_first():
+    rows, cols = torch.arange(300.0)[:, None], torch.arange(300.0)[None]
+    askew = ((rows - 0.035 * cols) % 32 < 2).float() * 150  # rules tilted 2 degrees, every 32 rows
+    assert not lstm_mnist.lines(askew, floor=20).any()  # no row is inked end to end...
+    level = lstm_mnist.straightened(askew, floor=20)
+    assert lstm_mnist.lines(level, floor=20).sum() >= 8 * 2  # ...until they are turned level
+    digit = torch.zeros(300, 300)
+    digit[50:250, 140:160] = 200  # a 1, and no rules: left as it is
+    assert torch.equal(lstm_mnist.straightened(digit, floor=20), digit)
