@@ -1134,7 +1134,7 @@ def plot_cells(results, path):
 #      round the page fools it. MNIST 是黑底白字：看整張圖（大多是紙）決定要不要反相。
 #   5. Ink is what is darker than the paper near it: a hand's shadow or a lens's dark corners
 #      dim paper and ink alike, so each pixel is divided by the paper's light there (the image
-#      with its strokes closed over on coarse blocks, blurred). The paper becomes 0; what stands
+#      with its strokes closed over, on coarse blocks). The paper becomes 0; what stands
 #      well above its grain is ink. 除以附近紙的亮度（陰影、暗角消掉）；比紙的雜訊亮很多的才是墨水。
 #   6. Not the digit: rows or columns inked nearly end to end. Thick ones at a side, a table or
 #      the page's edge, are cut off first; thin ones, ruled or grid lines, become paper, with a
@@ -1368,7 +1368,7 @@ def paper_light(levels, ramps=True):
     light = nn.functional.pad(light, (2 * PAPER_REACH,) * 4, **({"mode": "replicate"} if ramps else {"value": 255}))
     light = nn.functional.max_pool2d(light, 2 * PAPER_REACH + 1, stride=1)
     light = -nn.functional.max_pool2d(-light, 2 * PAPER_REACH + 1, stride=1)  # (1, 1, ~32, ~32) again
-    light = nn.functional.avg_pool2d(light, 3, stride=1, padding=1, count_include_pad=False)  # blurred
+    # Not blurred: a shadow's sharp edge stays sharp, and bilinear resizing is smooth enough for a ramp.
     return nn.functional.interpolate(light, size=levels.shape, mode="bilinear")[0, 0].clamp(min=1)
 
 

@@ -32,8 +32,8 @@ def read(image):
     return lstm_mnist.to_mnist(image)
 
 
-@pytest.mark.parametrize("kind", ["shadow60", "fall20", "vignette", "ruled", "ruled-margin", "ruled-pale", "grid",
-                                  "table", "edge"])
+@pytest.mark.parametrize("kind", ["shadow60", "shadow-sharp", "fall20", "vignette", "ruled", "ruled-margin",
+                                  "ruled-pale", "grid", "table", "edge"])
 @pytest.mark.parametrize("shape", ["0", "7"])
 def test_a_photographed_page_reads_as_the_clean_page(kind, shape):
     digit = grid_digit(shape)
@@ -161,8 +161,10 @@ def test_heic_lab_and_hidden_files_each_get_one_line_and_the_rest_are_read(tiny_
     assert [LINE.match(line).group(1) for line in out.splitlines()[1:2]] == [str(folder / "seven.png")]
     lines = err.splitlines()  # one for each file that could not be read, the hidden ones not tried
     assert len(lines) == 2
-    assert lines[0].startswith(f"lstm_mnist.py: error: {folder / 'IMG_0001.HEIC'}: Pillow cannot read HEIC; save it as JPEG")
-    assert lines[1].startswith(f"lstm_mnist.py: error: {folder / 'lab.tif'}: not an image Pillow can read") and "LAB" in lines[1]
+    assert lines[0].startswith(f"lstm_mnist.py: error: {folder / 'IMG_0001.HEIC'}: Pillow cannot read HEIC; "
+                               "save it as JPEG")
+    assert lines[1].startswith(f"lstm_mnist.py: error: {folder / 'lab.tif'}: not an image Pillow can read")
+    assert "LAB" in lines[1]
 
 
 def test_two_digits_side_by_side_print_a_warning_on_their_line(tiny_model, tmp_path, capsys):  # noqa: F811

@@ -354,7 +354,8 @@ def shifted_similarity(back, images):
 WEBP = pytest.mark.skipif(not features.check("webp"), reason="this Pillow was built without WebP")
 
 
-@pytest.mark.parametrize("kind", [pytest.param(kind, marks=WEBP) if SUFFIX[kind] == ".webp" else kind for kind in KINDS])
+@pytest.mark.parametrize("kind", [pytest.param(kind, marks=WEBP) if SUFFIX[kind] == ".webp" else kind
+                                  for kind in KINDS])
 def test_disguised_test_digits_come_back_close_and_are_read_alike(kind, real_model, tmp_path):
     model, images, labels = real_model
     back = torch.stack([read_back(disguise(image, kind, seed=i), kind, tmp_path) for i, image in enumerate(images)])
@@ -387,8 +388,8 @@ def clean_answers(real_model):
     return photographed_answers(real_model[0], real_model[1], "clean")
 
 
-@pytest.mark.parametrize("kind", ["fall20", "shadow60", "vignette", "ruled-margin", "grid", "table", "edge", "thick",
-                                  "thin"])
+@pytest.mark.parametrize("kind", ["fall20", "shadow60", "shadow-sharp", "vignette", "ruled-margin", "grid", "table",
+                                  "edge", "thick", "thin"])
 def test_photographed_test_digits_get_the_clean_pages_answer(kind, real_model, clean_answers):
     same = int((photographed_answers(real_model[0], real_model[1], kind) == clean_answers).sum())
     assert same >= 0.9 * N_PHOTOGRAPHED, f"{kind}: {same} of {N_PHOTOGRAPHED} get the clean page's answer"
