@@ -1431,7 +1431,7 @@ def ink_warnings(strokes):
     block = max(1, max(strokes.shape) // PIECE_BLOCKS)
     mass = nn.functional.avg_pool2d(strokes[None, None].float(), block, ceil_mode=True)[0, 0]  # (~40, ~40)
     labels = torch.arange(1.0, mass.numel() + 1).view(mass.shape) * (mass > 0)  # each inked block a piece...
-    while True:  # ...until blocks that touch share the piece of the highest number
+    while True:  # ...until blocks at most two apart share the piece of the highest number
         spread = nn.functional.max_pool2d(labels[None, None], 5, stride=1, padding=2)[0, 0] * (mass > 0)
         if torch.equal(spread, labels):
             break
