@@ -167,12 +167,20 @@ def test_heic_lab_and_hidden_files_each_get_one_line_and_the_rest_are_read(tiny_
     assert "LAB" in lines[1]
 
 
-def test_two_digits_side_by_side_print_a_warning_on_their_line(tiny_model, tmp_path, capsys):  # noqa: F811
+def test_two_digits_side_by_side_and_a_speck_print_a_warning_on_their_lines(tiny_model, tmp_path, capsys):  # noqa: F811
     two_sevens().save(tmp_path / "77.png")
-    lstm_mnist.main(predict_argv(tiny_model, tmp_path / "77.png"))
-    line = capsys.readouterr().out.splitlines()[1]
-    answer, warning = line.split("; warning: ")
-    assert LINE.match(answer) and warning.startswith("2 pieces of ink far apart (several digits?): crop to one")
+    speck = drawn_seven()
+    ImageDraw.Draw(speck).ellipse([540, 540, 548, 548], fill=20)
+    speck.save(tmp_path / "7-speck.png")
+    drawn_seven().save(tmp_path / "7.png")
+    lstm_mnist.main(predict_argv(tiny_model, tmp_path / "77.png", tmp_path / "7-speck.png", tmp_path / "7.png"))
+    lines = capsys.readouterr().out.splitlines()[1:4]
+    answers = [line.split("; warning: ") for line in lines]
+    assert [LINE.match(answer[0]).group(1) for answer in answers] == [str(tmp_path / name)
+                                                                      for name in ("77.png", "7-speck.png", "7.png")]
+    assert answers[0][1].startswith("2 pieces of ink far apart (several digits?): crop to one")
+    assert answers[1][1].startswith("a speck of ink apart from the digit widens the crop")
+    assert len(answers[2]) == 1  # one digit alone: no warning
 
 
 def test_a_stale_predict_png_is_removed_when_nothing_was_read(tiny_model, tmp_path, capsys):  # noqa: F811
