@@ -1154,8 +1154,7 @@ NOT_READ = (".heic", ".heif")  # an iPhone's photos: Pillow cannot read them wit
 N_PREDICT = 8  # images drawn in predict.png (every image gets its printed line)
 WORK_SIDE = 1600  # a bigger image is read, or shrunk, to about this longer side (speed, memory)
 SHOWN_SIDE = 400  # predict.png's copy of each image: only this small one is kept
-PAPER_BLOCKS, PAPER_REACH = 32, 4  # step 5: the paper's light, on blocks of 1/32 of the longer side, closes
-# over strokes up to 2 x 4 + 1 blocks wide (a marker's)
+PAPER_BLOCKS, PAPER_REACH = 32, 4  # step 5: blocks of 1/32 of the longer side; closing 2 x 4 + 1 blocks wide
 INK_SIGMAS = 5  # ink is brighter than the paper by this many times its grain (a std)...
 INK_SHARE = 0.15  # ...and, to count for the crop, by this share of the brightest ink's contrast
 MIN_CONTRAST = 40  # levels (of 255) between paper and ink below which there is no ink: a blank page
@@ -1288,8 +1287,7 @@ def open_image(path):
             size = image.size
             image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # a JPEG decodes at 1/2, 1/4 or 1/8 of its size
             if image.width * image.height > limit:
-                raise RunError(f"{path}: too big to read safely ({size[0]} x {size[1]} pixels); "
-                               "save it smaller or as JPEG")
+                raise RunError(f"{path}: too big to read safely ({size[0]} x {size[1]} pixels); save it smaller")
             if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # 16-bit or float: as its 8-bit version
                 top = image.getextrema()[1]
                 scale = 255 if top <= 1 else 1 / 257 if top > 255 else 1  # floats 0..1, 16 bits, or 8 held wider
