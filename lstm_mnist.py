@@ -1137,40 +1137,58 @@ def plot_cells(results, path):
 # at little better than chance, because the model knows only digits made the way MNIST's
 # were. to_mnist() makes them that way, with Pillow (which torchvision brings) and torch:
 #
-#   1. EXIF orientation. A phone stores a photo sideways and a tag that says how to turn
-#      it; unturned, a 7 lies on its side. 手機照片常是橫著存、另加一個旋轉標記，先轉正。
+#   1. Read small and upright. A JPEG decodes at 1/2 to 1/8 of its size (a 100-megapixel
+#      photo too), 16-bit and float levels become 8-bit ones, and a phone's EXIF tag, which
+#      says how to turn a photo stored sideways, is applied.
+#      大照片縮小讀入；16 位元、浮點影像換成 8 位元；依 EXIF 標記轉正。
 #   2. Transparency onto the paper, never onto black. A drawing app's PNG often has black
 #      ink on a transparent page whose hidden colour is black too: dropping the alpha
 #      leaves black on black. 透明背景要換成紙的顏色，直接丟掉 alpha 會變成全黑。
 #   3. Grey levels. MNIST has one channel; colour says nothing about which digit it is.
 #      MNIST 只有一個灰階通道，顏色不影響是哪個數字。
-#   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark
-#      on light. Judged from the border, which is paper, so a big digit cannot fool it.
-#      MNIST 是黑底白字，紙上是白底黑字：看邊框（一定是紙）決定要不要反相。
-#   5. The paper becomes 0. Its tone and its grain are measured on the border, and only what
-#      stands well above the grain counts as ink. 紙的亮度變成 0；比紙的雜訊亮很多的才算墨水。
-#   6. Crop to the ink: what is brighter than the paper by a share of the ink's contrast.
-#      Without this a small digit in a big photo shrinks to a dot.
-#      裁到墨水的範圍，小字才不會縮成一點。
-#   7. Thicken thin strokes. A ballpoint line 5 pixels wide in a 1000-pixel digit is a
-#      tenth of a pixel at 20x20 and fades away; MNIST's strokes are about two pixels.
-#      細筆畫先加粗，否則縮小後就不見了。
-#   8. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow,
+#   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark on
+#      light. Judged on the whole image, mostly paper, so neither a big digit nor a dark table
+#      round the page fools it. MNIST 是黑底白字：看整張圖（大多是紙）決定要不要反相。
+#   5. Ink is what is darker than the paper near it: a hand's shadow or a lens's dark corners
+#      dim paper and ink alike, so each pixel is divided by the paper's light there (the image
+#      with its strokes closed over, on coarse blocks). The paper becomes 0; what stands
+#      well above its grain is ink. 除以附近紙的亮度（陰影、暗角消掉）；比紙的雜訊亮很多的才是墨水。
+#   6. Not the digit: rows or columns inked nearly end to end. Thick ones at a side, a table or
+#      the page's edge, are cut off first; thin ones, ruled or grid lines, become paper, with a
+#      stroke across one bridged. 切掉邊上的桌面、紙邊；橫線、格線變成紙，筆畫穿過處補回。
+#   7. Crop to the ink: what is brighter than the paper by a share of the ink's contrast, else
+#      a small digit in a big photo shrinks to a dot. Pieces far apart, a speck, or ink nearly
+#      everywhere get a warning. 裁到墨水的範圍；多塊墨水、小污點、滿版墨水時會警告。
+#   8. Strokes to MNIST's widths: a ballpoint line in a big photo thickened (at 20x20 it would
+#      fade away), a marker's thinned (it would fill the loop of a 9). 細筆加粗，麥克筆變細。
+#   9. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow,
 #      and edges get MNIST's grey levels. 保持長寬比放進 20x20，用 LANCZOS 抗鋸齒縮小。
-#   9. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only
+#  10. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only
 #      seen digits there. 以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
-#  10. Values 0..1, as section 2 gives the training images. 數值 0..1，和訓練資料一樣。
-PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # read from a folder
+#  11. Values 0..1, as section 2 gives the training images. 數值 0..1，和訓練資料一樣。
+PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")  # in a folder
+NOT_READ = (".heic", ".heif")  # an iPhone's photos: Pillow cannot read them without a plug-in
 N_PREDICT = 8  # images drawn in predict.png (every image gets its printed line)
-WORK_SIDE = 1600  # a bigger image is first shrunk to this longer side (speed)
-BORDER = 0.03  # the paper is judged on this share of each side (at least one pixel)
+WORK_SIDE = 1600  # a bigger image is read, or shrunk, to about this longer side (speed, memory)
+SHOWN_SIDE = 400  # predict.png's copy of each image: only this small one is kept
+PAPER_BLOCKS, PAPER_REACH = 32, 4  # step 5: blocks of 1/32 of the longer side; closing 2 x 4 + 1 blocks wide
 INK_SIGMAS = 5  # ink is brighter than the paper by this many times its grain (a std)...
 INK_SHARE = 0.15  # ...and, to count for the crop, by this share of the brightest ink's contrast
 MIN_CONTRAST = 40  # levels (of 255) between paper and ink below which there is no ink: a blank page
+RULE_SHARE = 0.8  # step 6: a row (column) inked on this share of its length is not the digit...
+RULE_THICK = 0.03  # ...a rule if its band is at most this share of the side, with a fringe
+RULE_FRINGE = 1  # pixels each side; thicker, it must lie along a side of the image (a table)...
+EDGE_MOST = 0.3  # ...and be at most this share of it (else it is the digit's own bar)
+SKEW_DEGREES, SKEW_STEP, SKEW_SIDE = 4, 0.25, 400  # rules tilted up to 4 degrees made level (steps, copy's width)
+PIECE_BLOCKS = 40  # step 7: pieces of ink are found on blocks of 1/40 of the longer side; a second piece
+SECOND_DIGIT, SPECK = 0.25, 0.03  # this share of the biggest is another digit, one under this a speck
+MOST_INK = 0.4  # ink over this share of the image: a digit cropped with no paper round it, or a misjudged page
 THIN_STROKE = 1.2  # strokes narrower than this (pixels, the digit 20 pixels tall) are thickened...
 TARGET_STROKE = 1.8  # ...to about this width: MNIST's usual stroke (README)
+THICK_STROKE = 3.0  # ...and wider ones (a marker's) thinned to this: 95% of MNIST's are narrower
 FIT = 20  # MNIST's box: the digit's longer side becomes 20 pixels...
 CENTRE = 14  # ...and its centre of mass lands on row 14, column 14 of the 28x28 (where MNIST's are)
+NAME_FONTS = ("Noto Sans CJK", "Noto Sans TC", "Microsoft JhengHei", "PingFang", "Heiti", "Source Han")
 
 
 def predict_images(args, argv):
@@ -1181,11 +1199,14 @@ def predict_images(args, argv):
     model, description = load_trained(args, argv)
     model.to(device).eval()
     print(f"model: {description}, on {device}")
+    for stream in (sys.stdout, sys.stderr):  # a file name the terminal cannot show prints escaped
+        getattr(stream, "reconfigure", lambda **_: None)(errors="backslashreplace")
     done, failed = [], []  # failed: a line for each path that could not be read; the others go on
     for path in image_files(args.predict, failed):
+        notes = []  # step 7's warnings
         try:
             given = open_image(path)
-            digit = to_mnist(given)  # (28, 28) in [0, 1]
+            digit = to_mnist(given, notes)  # (28, 28) in [0, 1]
             if digit is None:
                 raise RunError(f"{path}: no ink found (a blank page?); write the digit darker")
         except RunError as err:
@@ -1193,13 +1214,13 @@ def predict_images(args, argv):
             continue
         with torch.inference_mode():
             probs = model(digit.unsqueeze(0).to(device)).float().softmax(dim=1)[0].cpu()  # (10,)
-        print(answer_line(path, probs))
-        done.append({"path": path, "given": given, "digit": digit, "probs": probs,
-                     "pred": int(probs.argmax())})
-    figure = None
+        print(answer_line(path, probs) + "".join(f"; warning: {note}" for note in notes))
+        given.thumbnail((SHOWN_SIDE, SHOWN_SIDE))  # only this small copy is kept, for predict.png
+        done.append({"path": path, "given": given, "digit": digit, "probs": probs, "pred": int(probs.argmax())})
+    figure = Path(args.out_dir) / "predict.png"
+    figure.unlink(missing_ok=True)  # an earlier run's, which would show other images
     if done:
         use_windows(args.show)
-        figure = Path(args.out_dir) / "predict.png"
         plot_predict(model, done[:N_PREDICT], figure)
         shown = f" (the first {N_PREDICT} of {len(done)})" if len(done) > N_PREDICT else ""
         print(f"saved {figure}{shown}")
@@ -1207,7 +1228,7 @@ def predict_images(args, argv):
             show_figures({"predict": figure})
     if failed:  # each one has had its line on stderr; the good ones are printed and drawn above
         raise SystemExit(1)
-    return {"predictions": done, "figure": figure}
+    return {"predictions": done, "figure": figure if done else None}
 
 
 def answer_line(name, probs):
@@ -1264,9 +1285,9 @@ def image_files(paths, failed):
     """The files in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); see bad_input."""
     files = []
     for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.suffix.lower() in PREDICT_SUFFIXES and p.is_file())
+        if path.is_dir():  # hidden files left out: a Mac's "._seven.png" holds no image
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PREDICT_SUFFIXES
+                           and p.is_file() and not p.name.startswith("."))
             if not found:
                 bad_input(f"{path}: no image in this folder ({' '.join(PREDICT_SUFFIXES)})", failed)
             files += found
@@ -1278,47 +1299,64 @@ def image_files(paths, failed):
 
 
 def open_image(path):
-    """The image at `path` upright (step 1), its first frame; RunError if Pillow cannot read it."""
-    import warnings
-
+    """Step 1: the image at `path`, upright, 8-bit, at most WORK_SIDE; RunError if it cannot be read."""
     from PIL import Image, ImageOps
 
+    if path.suffix.lower() in NOT_READ:
+        raise RunError(f"{path}: Pillow cannot read HEIC; save it as JPEG (iPhone: Settings > Camera > Formats > "
+                       "Most Compatible)")
+    # Pillow refuses an image over twice MAX_IMAGE_PIXELS when it opens it (a small file that unpacks
+    # into gigabytes: a "decompression bomb"); here the check is on what is decoded, after draft().
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above 89 million pixels and refuses twice that (a small file that
-            # unpacks into gigabytes: a "decompression bomb"); here both are refused.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:  # a GIF or WebP opens at its first frame
-                return ImageOps.exif_transpose(image)  # turned upright, and read whole
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise RunError(f"{path}: too big to read safely ({err})") from None
+        with Image.open(path) as image:  # a GIF or WebP opens at its first frame
+            size = image.size
+            image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # a JPEG decodes at 1/2, 1/4 or 1/8 of its size
+            if image.width * image.height > limit:
+                raise RunError(f"{path}: too big to read safely ({size[0]} x {size[1]} pixels); save it smaller")
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # 16-bit or float: as its 8-bit version
+                top = image.getextrema()[1]
+                scale = 255 if top <= 1 else 1 / 257 if top > 255 else 1  # floats 0..1, 16 bits, or 8 held wider
+                image = image.convert("F").point(lambda level: level * scale).convert("L")
+            image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
+            image.convert("L")  # a mode with no grey levels (LAB) fails here, as one line
+            upright = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # not an image, truncated, ...
         raise RunError(f"{path}: not an image Pillow can read ({last_line(err)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    upright.info["given_size"] = size if (upright.width > upright.height) == (size[0] > size[1]) else size[::-1]
+    return upright
 
 
-def to_mnist(image):
+def to_mnist(image, notes=None):
     """A Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST's were.
 
-    None if the image holds no ink (a blank page).
+    None if the image holds no ink (a blank page). `notes`, a list if given, gets step 7's warnings.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     grey = on_paper(image)  # steps 2 and 3: (H, W) grey levels
     grey.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
-    if paper_tone(pixels(grey))[0] > 127.5:  # step 4: light paper, so dark ink
-        grey = ImageOps.invert(grey)
-    levels = pixels(grey)  # (H, W), 0..255, the paper dark
-    paper, grain = paper_tone(levels)
-    floor = paper + INK_SIGMAS * grain  # step 5: darker than this is paper
-    contrast = float(levels.max()) - floor
+    levels = pixels(grey)  # (H, W), 0..255
+    if float(levels.median()) < 127.5:  # step 4: dark paper, so light ink: made dark on light
+        levels = 255 - levels
+    ink = 255 * (1 - levels / paper_light(levels, ramps=False))  # a table at a side is ink...
+    floor = paper_floor(ink)
+    paper = ~lines(ink, floor)[:, None] & ~lines(ink.T, floor)  # (H, W): not in a band along a side
+    levels = cropped(levels, paper) if paper.any() else levels  # ...cut off (step 6)
+    ink = 255 * (1 - levels / paper_light(levels))  # step 5: (H, W), the paper ~0, black ink 255
+    floor = paper_floor(ink)  # lighter than this is paper
+    ink = bridged(bridged(straightened(ink, floor), floor).T, floor).T  # step 6: rules level, then rows, columns
+    contrast = float(ink.max()) - floor
     if contrast < MIN_CONTRAST:
         return None  # no ink: a blank page
-    ink = levels > floor + INK_SHARE * contrast  # step 6: (H, W) True where the digit is
-    rows, cols = ink.any(dim=1).nonzero().flatten(), ink.any(dim=0).nonzero().flatten()
-    digit = levels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # cropped to the ink: (h, w)
-    digit = ((digit - floor) / contrast).clamp(0, 1)  # the paper 0, the brightest ink 1
-    digit = fit_box(thicken(digit))  # steps 7 and 8: (at most 20, at most 20)
-    return centre_of_mass_at_centre(digit)  # steps 9 and 10: (28, 28)
+    strokes = ink > floor + INK_SHARE * contrast  # step 7: (H, W) True where the digit is
+    if notes is not None:
+        notes += ink_warnings(strokes)
+    digit = ((ink - floor) / contrast).clamp(0, 1)  # the paper 0, the brightest ink 1
+    digit = fit_box(restroke(cropped(digit, strokes)))  # steps 8 and 9: (at most 20, at most 20)
+    return centre_of_mass_at_centre(digit)  # steps 10 and 11: (28, 28)
 
 
 def on_paper(image):
@@ -1345,30 +1383,115 @@ def pixels(image):
     return data.view(image.height, image.width).float()
 
 
-def paper_tone(levels):
-    """The paper's level and grain, from the image's border: (median, robust standard deviation)."""
-    band = max(1, round(BORDER * min(levels.shape)))
-    border = torch.cat([levels[:band].flatten(), levels[-band:].flatten(),
-                        levels[:, :band].flatten(), levels[:, -band:].flatten()])
-    median = float(border.median())
-    return median, 1.4826 * float((border - median).abs().median())  # 1.4826 x MAD: Gaussian std
+def paper_light(levels, ramps=True):
+    """Step 5: the paper's own light at each pixel of `levels` (H, W), dark ink on light paper."""
+    block = max(1, max(levels.shape) // PAPER_BLOCKS)
+    light = nn.functional.max_pool2d(levels[None, None], block, ceil_mode=True)  # (1, 1, ~32, ~32)
+    # Closing (a max filter, then a min filter) takes out strokes narrower than it and keeps a ramp of
+    # light, if the border is copied outwards; bright paper outside makes a dark table at a side ink.
+    light = nn.functional.pad(light, (2 * PAPER_REACH,) * 4, **({"mode": "replicate"} if ramps else {"value": 255}))
+    light = nn.functional.max_pool2d(light, 2 * PAPER_REACH + 1, stride=1)
+    light = -nn.functional.max_pool2d(-light, 2 * PAPER_REACH + 1, stride=1)  # (1, 1, ~32, ~32) again
+    # Not blurred: a shadow's sharp edge stays sharp, and bilinear resizing is smooth enough for a ramp.
+    return nn.functional.interpolate(light, size=levels.shape, mode="bilinear")[0, 0].clamp(min=1)
 
 
-def thicken(digit):
-    """Step 7: widen strokes under THIN_STROKE pixels at 20x20; digit (h, w) -> (h + 2r, w + 2r)."""
+def paper_floor(ink):
+    """The level under which `ink` (H, W) is paper: its median plus INK_SIGMAS times its grain."""
+    paper = float(ink.median())
+    # The grain (a std) from the lighter half only, which holds no ink: a Gaussian's quartile is 0.6745 std.
+    return paper + INK_SIGMAS * (paper - float(ink.quantile(0.25))) / 0.6745
+
+
+def lines(ink, floor):
+    """Step 6: (H,) True for rows of `ink` (H, W) inked end to end: rules (with fringe), a table or page edge."""
+    inked = (ink > floor).float().mean(dim=1) > RULE_SHARE  # (H,)
+    above, below = nearest_rows(~inked)
+    thickness, side = below - above - 1, len(inked)
+    at_side = (above < 0) | (below >= side)
+    inked &= (thickness <= RULE_THICK * side) | (at_side & (thickness <= EDGE_MOST * side))
+    return nn.functional.max_pool1d(inked[None].float(), 2 * RULE_FRINGE + 1, 1, RULE_FRINGE)[0] > 0
+
+
+def straightened(ink, floor):
+    """Step 6: `ink` (H, W) turned so that rules tilted up to SKEW_DEGREES (a page photographed askew) run level."""
+    from PIL import Image
+
+    block = -(-max(ink.shape) // SKEW_SIDE)  # found on a copy at most SKEW_SIDE pixels wide: (h, w)
+    inked = nn.functional.max_pool2d((ink > floor).float()[None, None], block, ceil_mode=True)[0, 0]
+    rows, cols = torch.arange(inked.shape[0])[:, None], torch.arange(inked.shape[1])[None] - inked.shape[1] / 2
+    fullest = {}  # at each angle, the most inked row of the copy sheared by it: at the right one a rule fills a row
+    for degrees in torch.arange(-SKEW_DEGREES, SKEW_DEGREES + SKEW_STEP / 2, SKEW_STEP).tolist():
+        sheared = (rows + cols * math.tan(math.radians(degrees))).round().long().clamp(0, len(rows) - 1)
+        fullest[degrees] = float(torch.bincount(sheared.flatten(), inked.flatten(), minlength=len(rows))[1:-1].max())
+    degrees = max(fullest, key=fullest.get)
+    if fullest[degrees] < RULE_SHARE * inked.shape[1] or fullest[degrees] <= fullest[0.0]:
+        return ink  # no rule, or level already
+    image = Image.frombytes("F", ink.shape[::-1], ink.contiguous().numpy().tobytes())
+    image = image.rotate(-degrees, Image.Resampling.BILINEAR)
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(ink.shape)
+
+
+def bridged(ink, floor):
+    """Step 6: `ink` (H, W) with its rule rows made paper, a stroke across one bridged from above and below."""
+    inked = lines(ink, floor)
+    above, below = nearest_rows(~inked)
+    padded = nn.functional.pad(ink, (0, 0, 1, 1))  # (H + 2, W): a row of paper (0) past each side
+    return torch.where(inked[:, None], torch.minimum(padded[above + 1], padded[below + 1]), ink)
+
+
+def nearest_rows(kept):
+    """For each row, the nearest row at or above, and at or below, where `kept` (H,) is True (-1, H: none)."""
+    rows = torch.arange(len(kept))
+    above = torch.where(kept, rows, -1).cummax(dim=0).values
+    below = torch.where(kept, rows, len(kept)).flip(0).cummin(dim=0).values.flip(0)
+    return above, below
+
+
+def ink_warnings(strokes):
+    """Step 7: what the crop of `strokes` (H, W) holds besides one digit, in words (a list)."""
+    if float(strokes.float().mean()) > MOST_INK:
+        return ["ink covers most of the image: leave some paper round the digit"]
+    block = max(1, max(strokes.shape) // PIECE_BLOCKS)
+    mass = nn.functional.avg_pool2d(strokes[None, None].float(), block, ceil_mode=True)[0, 0]  # (~40, ~40)
+    labels = torch.arange(1.0, mass.numel() + 1).view(mass.shape) * (mass > 0)  # each inked block a piece...
+    while True:  # ...until blocks at most two apart share the piece of the highest number
+        spread = nn.functional.max_pool2d(labels[None, None], 5, stride=1, padding=2)[0, 0] * (mass > 0)
+        if torch.equal(spread, labels):
+            break
+        labels = spread
+    sizes = torch.stack([mass[labels == k].sum() for k in labels[mass > 0].unique()]).sort(descending=True).values
+    digits = int((sizes >= SECOND_DIGIT * sizes[0]).sum())
+    return ([f"{digits} pieces of ink far apart (several digits?): crop to one"] if digits > 1 else []) + \
+        (["a speck of ink apart from the digit widens the crop: crop it out"] if sizes[-1] < SPECK * sizes[0] else [])
+
+
+def cropped(digit, keep):
+    """`digit` (H, W) cropped to the rows and columns where `keep` (H, W) is True: (h, w)."""
+    rows, cols = keep.any(dim=1).nonzero().flatten(), keep.any(dim=0).nonzero().flatten()
+    return digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def restroke(digit):
+    """Step 8: `digit`'s strokes thickened to TARGET_STROKE at 20x20 (h + 2r, w + 2r), or thinned to THICK_STROKE."""
     strokes = nn.functional.pad(digit > 0.5, (1, 1, 1, 1)).float()  # (h + 2, w + 2)
     edges = (strokes[1:] != strokes[:-1]).sum() + (strokes[:, 1:] != strokes[:, :-1]).sum()
-    width = float(2 * strokes.sum() / edges)  # a stroke w wide, L long: area w * L, edges ~2 * L
+    width = float(2 * strokes.sum() / edges.clamp(min=1))  # a stroke w wide, L long: area w * L, edges ~2 * L
     long_side = max(digit.shape)
-    if width * FIT / long_side >= THIN_STROKE:
+    thin = width * FIT / long_side < THIN_STROKE
+    target = TARGET_STROKE if thin else THICK_STROKE
+    # Growing (shrinking) each stroke by 2r grows (shrinks) the digit by 2r; solve for the width at 20x20.
+    r = round((target * long_side / FIT - width) / (1 - target / FIT) / 2)
+    r = max(1, r) if thin else min(0, r)  # < 0: thinner; 0: already MNIST's width
+    if r == 0:
         return digit
-    # Growing each stroke by 2r also grows the digit by 2r; solve for the width after the shrink.
-    r = max(1, round((TARGET_STROKE * long_side / FIT - width) / (1 - TARGET_STROKE / FIT) / 2))
-    grown = nn.functional.pad(digit, (r, r, r, r))[None, None]  # (1, 1, h + 2r, w + 2r)
-    # A square max filter 2r + 1 wide, as two 1-D passes (a row, then a column): far faster.
-    grown = nn.functional.max_pool2d(grown, (1, 2 * r + 1), stride=1, padding=(0, r))
-    grown = nn.functional.max_pool2d(grown, (2 * r + 1, 1), stride=1, padding=(r, 0))
-    return grown[0, 0]
+    grown = nn.functional.pad(digit if r > 0 else -digit, (abs(r),) * 4)[None, None]  # (1, 1, h + 2r, w + 2r)
+    # A square max filter 2r + 1 wide (a min filter of -digit), as two 1-D passes: far faster.
+    grown = nn.functional.max_pool2d(grown, (1, 2 * abs(r) + 1), stride=1, padding=(0, abs(r)))
+    grown = nn.functional.max_pool2d(grown, (2 * abs(r) + 1, 1), stride=1, padding=(abs(r), 0))[0, 0]
+    if r > 0:
+        return grown
+    return cropped(-grown, -grown > 0) if (-grown > 0).any() else digit  # thinner, (h, w) then cropped
 
 
 def fit_box(digit):
@@ -1411,12 +1534,12 @@ def plot_predict(model, done, path):
                              layout="constrained",
                              gridspec_kw={"width_ratios": [30, SEQ_LEN, N_CLASS]})
     for (ax_given, ax_digit, ax_probs), item, k in zip(axes, done, range(len(done))):
-        given = item["given"].copy()
-        given.thumbnail((400, 400))  # enough to show; a 12-megapixel photo would be slow
-        ax_given.imshow(given.convert("RGBA"), cmap="gray")
+        ax_given.imshow(item["given"].convert("RGBA"), cmap="gray")
         name = item["path"].name if len(item["path"].name) <= 28 else item["path"].name[:25] + "..."
-        width, height = item["given"].size
-        ax_given.set_title(f"{name}\nas given ({width} x {height})", fontsize=9)
+        font = font_for(name)  # a Chinese name in a font that has its glyphs; else written \u....
+        width, height = item["given"].info.get("given_size", item["given"].size)
+        ax_given.set_title(f"{name if font else ascii(name)[1:-1]}\nas given ({width} x {height})",
+                           fontsize=9, fontproperties=font)
         ax_given.axis("off")
         pred, probs = item["pred"], item["probs"]
         shown = item["digit"].clone()
@@ -1593,6 +1716,18 @@ class DrawPad:
             self.image.point(lambda level: 255 - level).save(path)  # white on black -> dark on white
             again = shell_command(["--predict", str(path), "--out-dir", str(self.out_dir)])
             print(f"saved {path} (read it again: {again})")
+
+
+def font_for(text):
+    """A matplotlib font with every glyph of `text`: its default, else a CJK one found (NAME_FONTS), else None."""
+    from matplotlib import font_manager, ft2font
+
+    paths = [font_manager.findfont(font_manager.FontProperties())]
+    paths += [font.fname for font in font_manager.fontManager.ttflist if font.name.startswith(NAME_FONTS)]
+    for path in paths:
+        font = ft2font.FT2Font(path)
+        if all(font.get_char_index(ord(char)) for char in text):
+            return font_manager.FontProperties(fname=path)
 
 
 # ===========================================================================

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageOps, features
 
 from conftest import N_PER_KIND, REAL_DATA, fails, lstm_mnist
 
@@ -329,7 +329,11 @@ def shifted_similarity(back, images):
     return torch.stack([cosine(shift.flatten(1), images.flatten(1)) for shift in shifts]).amax(dim=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+WEBP = pytest.mark.skipif(not features.check("webp"), reason="this Pillow was built without WebP")
+
+
+@pytest.mark.parametrize("kind", [pytest.param(kind, marks=WEBP) if SUFFIX[kind] == ".webp" else kind
+                                  for kind in KINDS])
 def test_disguised_test_digits_come_back_close_and_are_read_alike(kind, real_model, tmp_path):
     model, images, labels = real_model
     back = torch.stack([read_back(disguise(image, kind, seed=i), kind, tmp_path) for i, image in enumerate(images)])
@@ -343,6 +347,30 @@ def test_disguised_test_digits_come_back_close_and_are_read_alike(kind, real_mod
     with torch.inference_mode():
         agree = (model(back).argmax(dim=1) == model(images).argmax(dim=1)).float().mean()
     assert agree >= 0.95, f"{kind}: {agree:.0%} read alike"
+
+
+N_PHOTOGRAPHED = 20  # test digits per kind of photographed page (tests/photo_pages.py)
+
+
+def photographed_answers(model, images, kind):
+    """The model's answers for the test digits on photographed pages of `kind`: (N_PHOTOGRAPHED,)."""
+    import photo_pages
+
+    pages = [photo_pages.photographed(image, kind, seed=i) for i, image in enumerate(images[:N_PHOTOGRAPHED])]
+    with torch.inference_mode():
+        return model(torch.stack([lstm_mnist.to_mnist(page) for page in pages])).argmax(dim=1)
+
+
+@pytest.fixture(scope="module")
+def clean_answers(real_model):
+    return photographed_answers(real_model[0], real_model[1], "clean")
+
+
+@pytest.mark.parametrize("kind", ["fall20", "shadow60", "shadow-sharp", "vignette", "ruled-margin", "grid", "table",
+                                  "edge", "thick", "thin"])
+def test_photographed_test_digits_get_the_clean_pages_answer(kind, real_model, clean_answers):
+    same = int((photographed_answers(real_model[0], real_model[1], kind) == clean_answers).sum())
+    assert same >= 0.9 * N_PHOTOGRAPHED, f"{kind}: {same} of {N_PHOTOGRAPHED} get the clean page's answer"
 
 
 def write_folder(folder, n, data_dir=REAL_DATA):
