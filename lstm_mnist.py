@@ -1283,18 +1283,24 @@ def no_trained_model(out_dir, here):
 
 def image_files(paths, failed):
     """The files in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); see bad_input."""
+    import stat
+
     files = []
     for path in map(Path, paths):
-        if path.is_dir():  # hidden files left out: a Mac's "._seven.png" holds no image
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PREDICT_SUFFIXES
-                           and p.is_file() and not p.name.startswith("."))
-            if not found:
-                bad_input(f"{path}: no image in this folder ({' '.join(PREDICT_SUFFIXES)})", failed)
-            files += found
-        elif path.is_file():
-            files.append(path)  # named on its own: tried whatever its suffix
-        else:
-            bad_input(f"{path}: no such file or folder", failed)
+        try:  # what `path` is, following links; a folder's files (hidden ones, a Mac's "._seven.png", left out)
+            if stat.S_ISDIR(path.stat().st_mode):
+                found = sorted(p for p in path.iterdir() if p.suffix.lower() in PREDICT_SUFFIXES
+                               and p.is_file() and not p.name.startswith("."))
+                if not found:
+                    bad_input(f"{path}: no image in this folder ({' '.join(PREDICT_SUFFIXES)})", failed)
+                files += found
+            elif stat.S_ISREG(path.stat().st_mode):
+                files.append(path)  # named on its own: tried whatever its suffix
+            else:
+                bad_input(f"{path}: not a file or a folder (a device or a pipe?)", failed)
+        except OSError as err:  # missing, unreadable, a loop of links: this path's line, the others go on
+            why = "no such file or folder" if isinstance(err, FileNotFoundError) else err.strerror
+            bad_input(f"{path}: {why}", failed)
     return files
 
 
@@ -1321,7 +1327,9 @@ def open_image(path):
             image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
             image.convert("L")  # a mode with no grey levels (LAB) fails here, as one line
             upright = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, EOFError) as err:  # not an image, truncated, ...
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # not an image, truncated, unreadable ...
+        if isinstance(err, OSError) and err.errno:  # the system's reason (Permission denied ...), not Pillow's
+            raise RunError(f"{path}: {err.strerror}") from None
         raise RunError(f"{path}: not an image Pillow can read ({last_line(err)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
@@ -2029,8 +2037,6 @@ def make_loader(images, labels, batch_size, shuffle, generator=None, max_batches
     # batch_size=None: the sampler already yields whole batches of indices, and
     # TensorDataset's __getitem__ indexes images and labels with each of them at once.
     return DataLoader(TensorDataset(images, labels), batch_size=None, sampler=sampler)
-
-
 
 
 class RunError(Exception):

@@ -159,3 +159,8 @@ def test_the_gate_equations_carry_their_chinese_names():
 def test_section_8_draws_the_tutorials_one_example_on_the_path():
     names = [getattr(node, "name", "") for node in learners_path()[0]]
     assert "plot_scores" in names and "draw_figures" in names
+
+
+def test_no_blank_lines_are_left_behind():
+    assert "\n\n\n\n" not in SOURCE  # at most the two blank lines between top-level definitions
+    assert SOURCE.endswith("\n") and not SOURCE.endswith("\n\n")

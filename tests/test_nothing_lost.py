@@ -478,3 +478,14 @@ def test_one_cycle_clips_the_gradients():
     levers.step(loss)
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert norm <= lstm_mnist.CLIP_NORM * (1 + 1e-4)
+
+
+def test_one_epoch_is_said_in_the_singular(run_main, tmp_path, monkeypatch, capsys):
+    run_main("--epochs", "1", out_dir=tmp_path / "out")
+    capsys.readouterr()
+    run_main("--epochs", "1", "--resume", out_dir=tmp_path / "out")
+    assert "the checkpoint already has 1 epoch; raise --epochs to train more" in capsys.readouterr().out
+    monkeypatch.setattr(lstm_mnist, "final_test", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(SystemExit):
+        run_main("--epochs", "1", out_dir=tmp_path / "again")
+    assert f"{tmp_path / 'again' / 'checkpoint.pt'} holds 1 epoch; finish" in capsys.readouterr().err

@@ -411,3 +411,36 @@ def test_after_an_interrupted_run_it_reads_the_last_finished_one_and_says_so(sha
     (out_dir / "RNN.previous.pth").unlink()
     err = fails(capsys, predict_argv(out_dir, tmp_path / "seven.png"), 1)
     assert f"no finished model in {out_dir}" in err and "--resume" in err and "--eval-only" in err
+
+
+def test_paths_that_are_no_image_each_say_why_and_the_others_are_still_read(model_copy, tmp_path, monkeypatch,
+                                                                           capsys):
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    locked, private = tmp_path / "locked", tmp_path / "private.png"
+    locked.mkdir()
+    drawn_seven().save(private)
+    iterdir, image_open = lstm_mnist.Path.iterdir, __import__("PIL.Image").Image.open
+
+    def no_listing(self):  # what a folder without read permission gives (root reads any folder)
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    def no_reading(path, *args, **kwargs):
+        if lstm_mnist.Path(path) == private:
+            raise PermissionError(13, "Permission denied", str(path))
+        return image_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(lstm_mnist.Path, "iterdir", no_listing)
+    monkeypatch.setattr("PIL.Image.open", no_reading)
+    with pytest.raises(SystemExit) as exit_info:
+        lstm_mnist.main(predict_argv(model_copy, tmp_path / "loop-a", "/dev/null", locked, private,
+                                     tmp_path / "seven.png"))
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 1 and "seven.png: pred" in captured.out  # the good one is still read
+    assert captured.err.splitlines() == [
+        f"lstm_mnist.py: error: {tmp_path / 'loop-a'}: Too many levels of symbolic links",
+        "lstm_mnist.py: error: /dev/null: not a file or a folder (a device or a pipe?)",
+        f"lstm_mnist.py: error: {locked}: Permission denied",
+        f"lstm_mnist.py: error: {private}: Permission denied"]
