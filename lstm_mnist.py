@@ -2796,7 +2796,7 @@ def build_parser():
     run.add_argument("--show", action="store_true", help="also open the figures in windows")
     # No default: left out of args (and so of the config line) unless given.
     run.add_argument("--predict", nargs="+", metavar="PATH", default=argparse.SUPPRESS, help="train nothing: "
-                     "read your own images of handwritten digits (files or folders of PNG, JPEG, BMP, GIF, WebP) "
+                     "read your own images of handwritten digits (files or folders of PNG, JPEG, BMP, GIF, WebP, TIFF) "
                      "the way MNIST's were made, print what the model in --out-dir says, and draw predict.png")
     run.add_argument("--draw", action="store_true", default=argparse.SUPPRESS, help="train nothing: write a digit "
                      "with the mouse and watch the model in --out-dir read it row by row (needs a window: a "

@@ -1,7 +1,7 @@
 """Time one epoch of the tutorial's pipeline against lstm_mnist.py's, side by side.
 
-    python tests/benchmark_epoch.py --data-dir ../shared/data            # the table
-    python tests/benchmark_epoch.py --data-dir ../shared/data --tutorial-epochs 30 --until 99.0
+    python tests/benchmark_epoch.py --data-dir DIR            # the table (DIR holds MNIST/raw/)
+    python tests/benchmark_epoch.py --data-dir DIR --tutorial-epochs 30 --until 99.0
 
 The table: in one process, after a warm-up, each round times the same number of training
 batches and one full test pass for every pipeline in turn (interleaved, so a slow moment
@@ -194,7 +194,8 @@ def tutorial_epochs(args, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=lstm_mnist.DEFAULTS["data_dir"])
+    parser.add_argument("--data-dir", default=lstm_mnist.DEFAULTS["data_dir"], metavar="DIR",
+                        help="folder holding MNIST/raw/ (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batches", type=int, default=100, help="training batches timed per round")

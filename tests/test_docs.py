@@ -52,7 +52,7 @@ def chinese_guide():
 
 def chinese_map_rows():
     """The map's rows (教學標題 | 搜尋 | 函式、類別), as lists of cells, header and rule left out."""
-    table = chinese_guide().split("### 對照表", 1)[1].split("\n###", 1)[0]
+    table = chinese_guide().split("### 對照教學讀這個檔案", 1)[1].split("\n###", 1)[0]
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
             for line in table.splitlines() if line.startswith("|")]
     return rows[2:]
@@ -105,12 +105,155 @@ def test_the_sample_output_has_the_lines_a_run_prints_in_their_order(drawn_run):
 
 
 def test_the_chinese_guide_explains_what_a_reader_of_the_tutorial_meets_first():
-    head = "\n".join((REPO / "README.md").read_text(encoding="utf-8").splitlines()[:160])
     guide = chinese_guide()
-    for needed in ("`config:", "`device:", "列", "輸入閘", "遺忘閘", "輸出閘", "細胞狀態", "怎麼看 `reading.png`",
-                   "怎麼看 `gates.png`", "classifer", "********************", "epoch30", "98.8–99.1%"):
-        assert needed in head and needed in guide, needed
-    # Calques a reader in Taiwan stumbles over (issue 21's list), and one word for each idea.
-    for calque in ("配套程式", "教學這一組", "Windows 加 NVIDIA", "對照地圖", "選用參數", "細胞內部",
-                   "要給和原本一樣", "只讀張量", "配方", "續跑", "教學文"):
-        assert calque not in guide, calque
+    for needed in ("`config:", "`device:", "`model:", "列", "輸入閘", "遺忘閘", "輸出閘", "細胞狀態", "圖怎麼看",
+                   "classifer", "********************", "epoch30", "98.8–99.1%"):
+        assert needed in guide, needed
+
+
+# --- One guide in two languages: the sections that mirror each other, heading by heading ------------------------
+MIRRORED = [("這是什麼、會得到什麼", "What this is and what to expect"),
+            ("四個指令", "Four commands"),
+            ("出問題時", "When something fails"),
+            ("跑完之後：最先印出的三行", "After the first run: the first three lines"),
+            ("對照教學讀這個檔案", "Reading the file beside the tutorial"),
+            ("圖怎麼看", "How to read the figures"),
+            ("存下來的檔案", "The files a run keeps"),
+            ("用自己的手寫數字試試看", "Try your own handwriting"),
+            ("為什麼用 LSTM，不用簡單的 RNN？", "Why an LSTM, not a plain RNN?"),
+            ("教學以外的訓練設定", "Beyond the tutorial's recipe")]
+FIRST_RUN_END = "跑完之後：最先印出的三行"  # the Chinese read before a first run ends at this heading
+FIGURES = ("predictions.png", "scores.png", "curves.png", "reading.png", "gates.png", "mistakes.png",
+           "memory.png", "cells.png", "predict.png")
+# A number: not glued to a Latin letter, digit, '_' or '.' before it (h_0, cu130, epoch30 and idx3 are names),
+# with thousands separators dropped (214,282 = 214282). A Chinese character before it does not count: 第0列.
+NUMBER = re.compile(r"(?<![A-Za-z0-9_.,])\d+(?:,\d{3})*(?:\.\d+)?")
+FILE = re.compile(r"[A-Za-z0-9_*-]+(?:\.[A-Za-z0-9_*-]+)*\.(?:py|png|pth|pt|md|txt|jpg)\b")
+
+
+def guide(name):
+    """The level-2 part of README under the heading `name`, up to the next level-2 heading."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    return readme.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def sections(text):
+    """{level-3 heading: its text} of a guide."""
+    parts = re.split(r"^### (.+)$", text, flags=re.M)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def tokens(text):
+    numbers = {match.replace(",", "") for match in NUMBER.findall(text)}
+    flags = set(FLAG.findall(text))
+    files = set(FILE.findall(text))
+    return numbers | flags | files
+
+
+def test_both_guides_have_the_mirrored_sections_and_nothing_else():
+    chinese, english = sections(guide("繁體中文導讀")), sections(guide("English guide"))
+    assert list(chinese) == [zh for zh, _ in MIRRORED]
+    assert list(english) == [en for _, en in MIRRORED]
+
+
+def test_the_mirrored_sections_give_the_same_numbers_flags_and_files_in_both_languages():
+    chinese, english = sections(guide("繁體中文導讀")), sections(guide("English guide"))
+    drift = {}
+    for zh, en in MIRRORED:
+        only_zh, only_en = tokens(chinese[zh]) - tokens(english[en]), tokens(english[en]) - tokens(chinese[zh])
+        if only_zh or only_en:
+            drift[f"{zh} / {en}"] = {"only in Chinese": sorted(only_zh), "only in English": sorted(only_en)}
+    assert drift == {}
+
+
+def test_the_checker_sees_numbers_flags_and_files_but_not_names():
+    assert tokens("第0列 h_0 cu130 epoch30 idx3 214,282 個參數，99.08%、--pad-rows 10 和 `outputs/cells.png`") \
+        == {"0", "214282", "99.08", "--pad-rows", "10", "cells.png"}
+
+
+def test_every_figure_is_explained_in_both_languages():
+    chinese, english = sections(guide("繁體中文導讀")), sections(guide("English guide"))
+    for figures in (chinese["圖怎麼看"], english["How to read the figures"]):
+        explained = re.findall(r"^- \*\*`([\w.]+)`", figures, flags=re.M)
+        assert sorted(explained) == sorted(FIGURES)
+    assert "`model: 2 x 128 LSTM; 214,282 parameters`" in chinese[FIRST_RUN_END]
+
+
+def test_readme_is_short_where_learners_read_it():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 700
+    before_first_run = guide("繁體中文導讀").split(f"### {FIRST_RUN_END}", 1)[0]
+    assert len(re.findall(r"[\u4e00-\u9fff]", before_first_run)) <= 3000  # about 10 minutes for this reader
+
+
+# --- True for a learner: no development setup, no calques, advice that works -----------------------------------
+DEVELOPMENT = re.compile(r"\bsessions?\b|\bdev(elopment)? machines?\b|installed here|\bissues? #?\d+|\bshared\b",
+                         re.I)  # "earlier session" and "shared machines" included
+EXAMPLE_DATA = "../shared/data"  # allowed once in README, as an example of --data-dir DIR
+
+
+def test_the_guides_name_no_part_of_the_development_setup():
+    for path in (REPO / "README.md", REPO / "tests" / "README.md"):
+        text = path.read_text(encoding="utf-8")
+        examples = [line for line in text.splitlines() if EXAMPLE_DATA in line]
+        assert len(examples) <= (1 if path.parent == REPO else 0), examples
+        assert all("--data-dir" in line for line in examples), examples
+        found = [line for line in text.replace(EXAMPLE_DATA, "DIR").splitlines() if DEVELOPMENT.search(line)]
+        assert found == [], path
+
+
+CALQUES = ["配套程式", "教學這一組", "Windows 加 NVIDIA", "對照地圖", "選用參數", "細胞內部", "要給和原本一樣",
+           "只讀張量", "配方", "續跑", "教學文", "抗鋸齒", "看不到裝置", "GIF（第一格）", "騙過模型", "大到不安全",
+           "這個說法可以自己量", "量到的結果", "兩個執行同時跑", "短跑", "就這個量法而言", "它們沒有說明什麼",
+           "不是同樣大小的比較", "閘門"]
+
+
+def test_the_chinese_guide_has_no_calques_and_one_word_for_each_idea():
+    text = guide("繁體中文導讀")
+    assert [calque for calque in CALQUES if calque in text] == []
+    assert re.findall(r"虛擬機(?!器)|只讀(?!取)", text) == []
+    assert re.findall(r"(?<!A )(?<!A)單元", text) == []  # 單元 is the tutorial's A unit, nothing else
+    assert text.count("種子") == 1 and "亂數種子（seed）" in text  # introduced once, then "seed"
+
+
+def test_the_tutorials_load_line_comes_with_the_path_it_needs_here():
+    chinese, english = sections(guide("繁體中文導讀")), sections(guide("English guide"))
+    for text in (chinese["存下來的檔案"], english["The files a run keeps"]):
+        item = next(part for part in text.split("\n- ") if "torch.load('./RNN.pth')" in part)
+        assert "torch.load('./outputs/RNN.pth')" in item, item
+
+
+def test_the_cell_comparison_is_given_as_safe_commands_in_both_languages():
+    chinese, english = sections(guide("繁體中文導讀")), sections(guide("English guide"))
+    for text in (chinese["為什麼用 LSTM，不用簡單的 RNN？"], english["Why an LSTM, not a plain RNN?"]):
+        for command in ("python lstm_mnist.py --compare-cells --epochs 3 ",
+                        "python lstm_mnist.py --compare-cells --epochs 3 --pad-rows 10 ",
+                        "python lstm_mnist.py --compare-cells --epochs 3 --seeds 0 1 2 "):
+            assert command in text, command
+        assert "for seed in" not in text  # no shell loop: cmd and PowerShell have none
+    assert "兩個致命缺點" in chinese["為什麼用 LSTM，不用簡單的 RNN？"] and "沒有列出" in chinese["為什麼用 LSTM，不用簡單的 RNN？"]
+    assert "does not list them" in english["Why an LSTM, not a plain RNN?"]
+
+
+def slug(heading):
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_within_the_guides_leads_somewhere():
+    docs = {"README.md": REPO / "README.md", "tests/README.md": REPO / "tests" / "README.md"}
+    anchors = {name: {slug(h) for h in re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), flags=re.M)}
+               for name, path in docs.items()}
+    broken = []
+    for name, path in docs.items():
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", path.read_text(encoding="utf-8")):
+            if target.startswith("http"):
+                continue
+            resolved = (path.parent / target).resolve() if target else path
+            if not resolved.exists():
+                broken.append(f"{name}: {target}")
+                continue
+            key = next((doc for doc, doc_path in docs.items() if doc_path.resolve() == resolved), None)
+            if anchor and key and anchor not in anchors[key]:
+                broken.append(f"{name}: {target}#{anchor}")
+    assert broken == []
