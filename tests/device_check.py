@@ -1,6 +1,6 @@
 """Device check: one epoch in float32 and one with --amp, on the GPU (CUDA) or Apple GPU (MPS) present.
 
-    python tests/device_check.py                       # MNIST from ../shared/data
+    python tests/device_check.py                       # MNIST from ./data (downloaded if missing)
     python tests/device_check.py --data-dir DIR        # a folder holding MNIST/raw/
 
 Prints the GPU and the torch / CUDA / cuDNN versions, then one markdown table with, per
@@ -80,8 +80,8 @@ def one_epoch(device, amp, data_dir, max_batches=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=REPO.parent / "shared" / "data", type=Path,
-                        help="folder holding MNIST/raw/ (default: ../shared/data beside the repository)")
+    parser.add_argument("--data-dir", default=Path("./data"), type=Path,
+                        help="folder holding MNIST/raw/ (default: ./data, as lstm_mnist.py)")
     args = parser.parse_args(argv)
     device = accelerator()
     if device is None:

@@ -3,7 +3,7 @@
 The disguised digits are MNIST test digits turned into the images a person would make
 (scaled up, dark ink on light paper, a transparent PNG, a JPEG photo, a small digit in a
 big page), written by the tests themselves. Run as a script, this file writes such a
-folder: `python tests/test_predict.py DIR [N]` (README, "Try it on your own handwriting").
+folder: `python tests/test_predict.py FOLDER [N] --data-dir DIR` (tests/README.md).
 """
 
 import re
@@ -383,10 +383,6 @@ def write_folder(folder, n, data_dir=REAL_DATA):
         save_disguised(disguise(images[i], kind, seed=i), kind, folder / name)
 
 
-if __name__ == "__main__":
-    write_folder(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 100)
-
-
 def test_a_fashion_checkpoint_is_refused_without_advice_that_would_fail(shared_run, copy_of, tmp_path, capsys):
     out_dir = copy_of(shared_run("--epochs", "1", "--dataset", "fashion-mnist")["out_dir"])
     drawn_seven().save(tmp_path / "seven.png")
@@ -444,3 +440,14 @@ def test_paths_that_are_no_image_each_say_why_and_the_others_are_still_read(mode
         "lstm_mnist.py: error: /dev/null: not a file or a folder (a device or a pipe?)",
         f"lstm_mnist.py: error: {locked}: Permission denied",
         f"lstm_mnist.py: error: {private}: Permission denied"]
+
+
+if __name__ == "__main__":  # python tests/test_predict.py FOLDER [N] --data-dir DIR (DIR holds MNIST/raw/)
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write N MNIST test digits disguised as a person's images.")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("n", type=int, nargs="?", default=100)
+    parser.add_argument("--data-dir", type=Path, required=True, help="the folder holding MNIST/raw/")
+    options = parser.parse_args()
+    write_folder(options.folder, options.n, options.data_dir)
