@@ -1007,7 +1007,8 @@ def plot_memory(model, test_loader, path):
 # --- --compare-cells: the three cells, one after another, with the same flags ----------
 
 
-PROBE_STEPS = 3  # --compare-cells times this many training steps of each cell for its estimate
+PROBE_STEPS, PROBE_SECONDS = 5, 2  # --compare-cells times up to 5 steps (2 s) of each cell for its estimate...
+FIGURE_SECONDS = 20  # ...and adds this for each run's final test and figures (memory.png: about 8 s)
 
 
 def compare_cells(args, argv, ctrl_c):
@@ -1022,7 +1023,7 @@ def compare_cells(args, argv, ctrl_c):
     print(f"--compare-cells: {len(plan)} runs ({', '.join(CELLS)}"
           f"{', seeds ' + ' '.join(map(str, seeds)) if len(seeds) > 1 else ''}), {args.epochs} epoch"
           f"{'s' if args.epochs != 1 else ''} each; about {training_minutes(args) * len(seeds):.0f} min on "
-          f"this {pick_device(args.device).type.upper()} (a few steps timed; add testing and figures)")
+          f"this {pick_device(args.device).type.upper()} (a few steps timed)")
     images, labels = load_split(args.data_dir, args.dataset, train=False)  # for the memory curves
     if args.max_batches:  # the test images the runs test on (load_data's slice)
         images, labels = images[: args.max_batches * args.batch_size], labels[: args.max_batches * args.batch_size]
@@ -1046,8 +1047,11 @@ def compare_cells(args, argv, ctrl_c):
 
 
 def training_minutes(args):
-    """Roughly how long one run of each cell trains, in minutes: PROBE_STEPS steps of each, timed."""
+    """Roughly how long one run of each cell takes, in minutes: the fastest of PROBE_STEPS training
+    steps of each (after one to warm up; a busy machine only slows some), times the steps to train,
+    plus a tenth for testing and FIGURE_SECONDS per run."""
     device = pick_device(args.device)
+    keep_cpu_buffers()  # as the runs will
     steps = min(math.ceil((60_000 - args.val_size) / args.batch_size), args.max_batches or math.inf)
     seconds = 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the runs' numbers stay
@@ -1056,15 +1060,16 @@ def training_minutes(args):
             optimizer = torch.optim.Adam(model.parameters())
             images = torch.rand(args.batch_size, SEQ_LEN, IN_DIM).to(device)
             labels = torch.randint(N_CLASS, (args.batch_size,)).to(device)
-            for step in range(PROBE_STEPS + 1):  # step 0 warms up
-                if step == 1:
-                    start = time.perf_counter()
+            times = []
+            while len(times) <= PROBE_STEPS and sum(times[1:]) < PROBE_SECONDS:
+                start = time.perf_counter()
                 loss = nn.functional.cross_entropy(model(images), labels)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            loss.item()  # waits for a GPU to finish
-            seconds += (time.perf_counter() - start) / PROBE_STEPS * steps * args.epochs
+                loss.item()  # waits for a GPU to finish
+                times.append(time.perf_counter() - start)
+            seconds += min(times[1:] or times) * steps * args.epochs * 1.1 + FIGURE_SECONDS
     return seconds / 60
 
 
