@@ -2387,15 +2387,23 @@ def read_pair(out_dir, kind="current"):
             torch.equal(saved[key], model[key]) for key in saved)
     except RunError:  # unreadable weights pair with nothing
         paired = False
-    finished = paired and bool(record.get("run", {}).get("finished"))
+    finished = paired and run_record(record)["finished"]
     return {"checkpoint": checkpoint, "weights": weights, "record": record, "paired": paired,
             "finished": finished}
+
+
+def run_record(record):
+    """A checkpoint's record of its run, {"id", "finished"}. A checkpoint written before the record
+    kept one counts as finished once it holds every epoch it planned, as the version that wrote it judged."""
+    if isinstance(record.get("run"), dict):
+        return record["run"]
+    return {"id": None, "finished": record.get("epoch", 0) >= record.get("settings", {}).get("epochs", math.inf)}
 
 
 def epochs_of(record):
     """'2 epochs', or for an unfinished run 'epoch 1 of 3': how far the run in `record` got."""
     done, planned = record.get("epoch", 0), record.get("settings", {}).get("epochs", 0)
-    if record.get("run", {}).get("finished") or done >= planned:
+    if run_record(record)["finished"] or done >= planned:
         return f"{done} epoch{'s' if done != 1 else ''}"
     return f"epoch {done} of {planned}"
 
@@ -2405,15 +2413,17 @@ def keep_earlier_run(run):
     here = read_pair(run.out_dir)
     record, weights = here["record"], here["weights"]
     if here["finished"]:
-        whose = "this run" if record["run"]["id"] == run.run_id else "the finished run before this one"
+        whose = "this run" if run_record(record)["id"] == run.run_id else "the finished run before this one"
         return keep(run.out_dir, "previous", f"{whose} ({epochs_of(record)})")
     if weights.is_file() and record is not None and not here["paired"]:
         weights.unlink()  # not checkpoint.pt's weights: they would pair with nothing
         print(f"removed {weights}: it did not hold the weights {here['checkpoint']} records")
     if record is None and not weights.is_file():
         return
-    if record is None or record.get("run", {}).get("id") != run.run_id:
-        what = f"the unfinished run before this one ({epochs_of(record)})" if record else "the files before this run"
+    if record is None or run_record(record)["id"] != run.run_id:
+        what = ("the files before this run" if not record else f"the run before this one ({epochs_of(record)}, its "
+                f"RNN.pth missing)" if run_record(record)["finished"] else f"the unfinished run before this one "
+                f"({epochs_of(record)})")
         keep(run.out_dir, "unfinished", what)
 
 
@@ -2448,15 +2458,11 @@ def atomic_file(path, before_replace=None):
     over `path` once complete (atomic), so a crash, Ctrl-C or a full disk keeps the old file.
     `before_replace` runs just before the rename.
     """
-    tmp_name = None
+    # Named before it exists, so that a Ctrl-C at any point of the write still finds it to remove;
+    # one writer per process. Made by open(), so it follows the umask as the figures do.
+    tmp_name = Path(path).with_name(f"{Path(path).name}.{os.getpid()}.tmp")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=Path(path).name + ".", suffix=".tmp",
-                                        dir=Path(path).parent)
-        # mkstemp makes it private (0600); the figures follow the umask, so this file does too.
-        umask = os.umask(0)  # the only way to read it is to set it, so set it straight back
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp_name, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -2470,8 +2476,7 @@ def atomic_file(path, before_replace=None):
                 else "nothing was written")
         raise RunError(f"cannot write {path} ({write_failure(err, path)}); {kept}") from None
     finally:
-        if tmp_name and os.path.exists(tmp_name):
-            os.remove(tmp_name)
+        tmp_name.unlink(missing_ok=True)
 
 
 # torch.save writes through its own C++ writer, which reports a full disk or a file size limit
@@ -2511,7 +2516,7 @@ def load_checkpoint(path, args):
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py")
     if isinstance(checkpoint.get("hparams"), dict):  # written before --cell and --pad-rows: an LSTM, no zero rows
         checkpoint["hparams"] = {"cell": "lstm", "pad_rows": 0, **checkpoint["hparams"]}
-    checkpoint.setdefault("run", {"id": None, "finished": False})  # written before the run's record
+    checkpoint["run"] = run_record(checkpoint)  # written before the run's record: judged as it was
     if checkpoint["format"] != CHECKPOINT_FORMAT:
         raise RunError(f"{path} was written by another version of lstm_mnist.py ({checkpoint['format']}; this one "
                        f"reads {CHECKPOINT_FORMAT}); train again, or use the version that wrote it")

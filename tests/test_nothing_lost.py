@@ -489,3 +489,16 @@ def test_one_epoch_is_said_in_the_singular(run_main, tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit):
         run_main("--epochs", "1", out_dir=tmp_path / "again")
     assert f"{tmp_path / 'again' / 'checkpoint.pt'} holds 1 epoch; finish" in capsys.readouterr().err
+
+
+def test_a_finished_run_saved_before_the_run_record_is_kept_as_finished(run_main, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    run_main("--epochs", "1", out_dir=out_dir)
+    checkpoint = torch.load(out_dir / "checkpoint.pt", weights_only=True)
+    del checkpoint["run"]  # as an earlier version of the script wrote it
+    torch.save(checkpoint, out_dir / "checkpoint.pt")
+    pair = pair_bytes(out_dir)
+    capsys.readouterr()
+    run_main("--epochs", "1", "--seed", "1", out_dir=out_dir)
+    assert "kept the finished run before this one (1 epoch)" in capsys.readouterr().out
+    assert pair_bytes(out_dir, "previous") == pair
