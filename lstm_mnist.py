@@ -2362,11 +2362,11 @@ def save_checkpoint(run, out_dir):
 #   a finished run               both -> *.previous.* (also this run, extended by --resume --epochs)
 #   this run, unfinished         stay; an RNN.pth that is not its pair (an earlier epoch) is removed
 #   another run, unfinished      -> checkpoint.unfinished.pt (+ RNN.unfinished.pth if its pair)
-#   nothing                      a lone RNN.pth (the tutorial's own script) -> RNN.unfinished.pth
+#   nothing, or an unreadable file  what is there -> *.unfinished.* (a lone RNN.pth: the tutorial's own)
 #
 # A kept pair replaces the older files of its kind; the renames are all or nothing. So the last
 # finished run is always whole: as checkpoint.pt + RNN.pth, or as *.previous.*.
-PAIRS = {"current": ("checkpoint.pt", "RNN.pth"), "previous": ("checkpoint.previous.pt", "RNN.previous.pth"),
+PAIRS = {"current": (CHECKPOINT_NAME, "RNN.pth"), "previous": ("checkpoint.previous.pt", "RNN.previous.pth"),
          "unfinished": ("checkpoint.unfinished.pt", "RNN.unfinished.pth")}
 
 
@@ -2415,8 +2415,8 @@ def keep_earlier_run(run):
     if here["finished"]:
         whose = "this run" if run_record(record)["id"] == run.run_id else "the finished run before this one"
         return keep(run.out_dir, "previous", f"{whose} ({epochs_of(record)})")
-    if weights.is_file() and record is not None and not here["paired"]:
-        weights.unlink()  # not checkpoint.pt's weights: they would pair with nothing
+    if weights.is_file() and record and not here["paired"]:
+        weights.unlink()  # not the weights checkpoint.pt records: they would pair with nothing
         print(f"removed {weights}: it did not hold the weights {here['checkpoint']} records")
     if record is None and not weights.is_file():
         return

@@ -502,3 +502,15 @@ def test_a_finished_run_saved_before_the_run_record_is_kept_as_finished(run_main
     run_main("--epochs", "1", "--seed", "1", out_dir=out_dir)
     assert "kept the finished run before this one (1 epoch)" in capsys.readouterr().out
     assert pair_bytes(out_dir, "previous") == pair
+
+
+def test_files_that_are_not_ours_are_kept_not_removed(run_main, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "checkpoint.pt").write_bytes(b"not a checkpoint of this script")
+    torch.save(lstm_mnist.RNN(28, 16, 2, 10).state_dict(), out_dir / "RNN.pth")  # the tutorial's own file, say
+    weights = (out_dir / "RNN.pth").read_bytes()
+    run_main("--epochs", "1", out_dir=out_dir)
+    assert (f"kept the files before this run as {out_dir / 'checkpoint.unfinished.pt'} and "
+            f"{out_dir / 'RNN.unfinished.pth'}") in capsys.readouterr().out
+    assert (out_dir / "RNN.unfinished.pth").read_bytes() == weights
