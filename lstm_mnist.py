@@ -1081,19 +1081,23 @@ def cells_row(cell, runs):
     seconds = [row["seconds"] for run in runs for row in run["history"]]
     return {"cell": cell, "parameters": parameter_count(runs[0]["model"]),
             "epoch_acc": [sum(column) / len(column) for column in zip(*epochs)],
+            "epoch_range": [(min(column), max(column)) for column in zip(*epochs)],
             "final_test_acc": sum(finals) / len(finals), "final_range": (min(finals), max(finals)),
             "seconds_per_epoch": sum(seconds) / max(1, len(seconds))}
 
 
 def print_cells_table(rows, split, n_seeds):
+    """The cells' table: the accuracy after each epoch and the final test; with several seeds, their
+    mean and (lowest-highest)."""
+    def spread(low, high):
+        return f" ({low:.2f}-{high:.2f})" if n_seeds > 1 else ""
+
     mean = f", mean of {n_seeds} seeds" if n_seeds > 1 else ""
     print(f"{'cell':<5} {'parameters':>10} | {split} accuracy after each epoch (%{mean}) | final test | s/epoch")
     for row in rows:
-        epochs = " ".join(f"{acc:.2f}" for acc in row["epoch_acc"])
-        low, high = row["final_range"]
-        spread = f" ({low:.2f}-{high:.2f})" if n_seeds > 1 else ""
-        print(f"{row['cell']:<5} {row['parameters']:>10,} | {epochs} | {row['final_test_acc']:.2f}%{spread} | "
-              f"{row['seconds_per_epoch']:.1f}")
+        epochs = " ".join(f"{acc:.2f}{spread(*span)}" for acc, span in zip(row["epoch_acc"], row["epoch_range"]))
+        print(f"{row['cell']:<5} {row['parameters']:>10,} | {epochs} | {row['final_test_acc']:.2f}%"
+              f"{spread(*row['final_range'])} | {row['seconds_per_epoch']:.1f}")
 
 
 def plot_cells(results, path):

@@ -281,6 +281,9 @@ def test_compare_cells_with_seeds_prints_the_mean_of_each_cell(run_main, tmp_pat
                                                                                                   max(finals))
         assert (tmp_path / "out" / f"{row['cell']}-seed1" / "RNN.pth").exists()
     assert "mean of 2 seeds" in out
+    lstm = result["cells"][0]
+    low, high = lstm["epoch_range"][0]
+    assert f"{lstm['epoch_acc'][0]:.2f} ({low:.2f}-{high:.2f})" in out  # each epoch's range over the seeds
 
 
 @pytest.mark.parametrize("argv", [["--predict", "x.png", "--compare-cells"], ["--show-shapes", "--predict", "x.png"],
