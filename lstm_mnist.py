@@ -1629,9 +1629,7 @@ def strokes_to_mnist(strokes):
         for x, y in stroke:  # round ends, and a dot where you only clicked
             pen.ellipse((x - r, y - r, x + r, y + r), fill=255)
     ink = pixels(image) / 255  # (H, W)
-    rows, cols = ink.any(dim=1).nonzero().flatten(), ink.any(dim=0).nonzero().flatten()
-    digit = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # cropped to the ink: (h, w)
-    return centre_of_mass_at_centre(fit_box(digit)), image  # steps 8 to 10 of --predict
+    return centre_of_mass_at_centre(fit_box(cropped(ink, ink > 0))), image  # steps 9 to 11 of --predict
 
 
 class DrawPad:
