@@ -645,25 +645,15 @@ def plot_reading(model, images, labels, probs, class_names, path):
                              gridspec_kw={"width_ratios": [SEQ_LEN, len(class_names)] * cols})
     for (ax_image, ax_probs), i, steps in zip(axes.reshape(-1, 2), chosen, reading):
         label, pred = int(labels[i]), int(preds[i])
-        shown = with_zero_rows(images[i : i + 1], len(steps) - SEQ_LEN)[0].cpu().clone()  # (28 + K rows, 28)
-        settled = settled_row(steps, shown)
-        if settled is not None:
-            shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled
-        ax_image.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
+        image = with_zero_rows(images[i : i + 1], len(steps) - SEQ_LEN)[0]  # (28 + K rows, 28)
+        heatmap = draw_reading(ax_image, ax_probs, image, steps, class_names[pred])
         between = " / " if len(class_names[0]) == 1 else "\n"  # fashion-mnist's long names: two lines
         ax_image.set_title(f"pred {class_names[pred]}{between}true {class_names[label]}",
                            color="black" if pred == label else "red")
-        says = (f"says {class_names[pred]} from row {settled} on" if settled is not None
-                else f"never sure: p({class_names[pred]}) < {SETTLED_PROB:g}")
-        ax_image.set(xticks=[], yticks=range(0, len(steps), 7), ylabel="row t (time step)", xlabel=says)
-        heatmap = ax_probs.imshow(steps.numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax_image.set_ylabel("row t (time step)")
         ax_probs.set_xticks(range(len(class_names)), class_names, fontsize=8,
                             rotation=90 if len(class_names[0]) > 1 else 0)
         ax_probs.get_xticklabels()[label].set(color="tab:green", fontweight="bold")  # the true class
-        ax_probs.set_yticks([])
-        for ax in (ax_image, ax_probs):
-            if settled is not None:
-                ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
     for ax in axes.flat[2 * len(chosen) :]:  # a test set smaller than N_READING
         ax.axis("off")
     fig.colorbar(heatmap, ax=axes, shrink=0.5, label="probability after reading rows 0 to t")
@@ -671,6 +661,26 @@ def plot_reading(model, images, labels, probs, class_names, path):
                  f"From the row just above the orange line on (never above the first row with ink) the final "
                  f"answer keeps p >= {SETTLED_PROB:g}; the rows after it are dimmed")
     save_figure(fig, path)
+
+
+def draw_reading(ax_image, ax_probs, image, steps, name, fontsize=None):
+    """One digit read row by row, on two axes: the image (rows 28 + K, 28) with the rows read after the
+    answer settled dimmed, and `steps`, its class probabilities after each row; the settled row marked
+    in orange, the answer `name` said under the image. Returns the probabilities' image."""
+    shown = image.cpu().clone()
+    settled = settled_row(steps, shown)
+    if settled is not None:
+        shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled
+    ax_image.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax_image.set(xticks=[], yticks=range(0, len(steps), 7))
+    ax_image.set_xlabel(f"says {name} from row {settled} on" if settled is not None
+                        else f"never sure: p({name}) < {SETTLED_PROB:g}", fontsize=fontsize)
+    heatmap = ax_probs.imshow(steps.numpy(), cmap="viridis", vmin=0, vmax=1)
+    ax_probs.set_yticks([])
+    for ax in (ax_image, ax_probs):
+        if settled is not None:
+            ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
+    return heatmap
 
 
 def plot_gates(model, image, label, class_names, path):
@@ -1559,28 +1569,17 @@ def plot_predict(model, done, path):
                            fontsize=9, fontproperties=font)
         ax_given.axis("off")
         pred, probs = item["pred"], item["probs"]
-        shown = item["digit"].clone()
-        settled = None if reading is None else settled_row(reading[k], shown)
-        if settled is not None:
-            shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled
-        ax_digit.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax_digit.set_title(f"what the model sees\npred {pred} ({100 * probs[pred]:.1f}%)",
-                           fontsize=9)
+        ax_digit.set_title(f"what the model sees\npred {pred} ({100 * probs[pred]:.1f}%)", fontsize=9)
         ax_digit.set(xticks=[], yticks=range(0, SEQ_LEN, 7), ylabel="row t")
         if reading is None:  # --bidirectional: at row t the backward direction has read every row
+            ax_digit.imshow(item["digit"].numpy(), cmap="gray", vmin=0, vmax=1)
             ax_probs.axis("off")
             ax_probs.text(0, 0.5, "bidirectional:\nno row-by-row\nreading", fontsize=8)
             continue
-        ax_probs.imshow(reading[k].numpy(), cmap="viridis", vmin=0, vmax=1)
+        draw_reading(ax_digit, ax_probs, item["digit"], reading[k], str(pred), fontsize=8)
         ax_probs.set_xticks(range(N_CLASS), [str(c) for c in range(N_CLASS)], fontsize=7)
         ax_probs.get_xticklabels()[pred].set(color="tab:orange", fontweight="bold")
-        ax_probs.set_yticks([])
         ax_probs.set_title("after row t", fontsize=9)
-        ax_digit.set_xlabel(f"says {pred} from row {settled} on" if settled is not None
-                            else f"never sure: p({pred}) < {SETTLED_PROB:g}", fontsize=8)
-        for ax in (ax_digit, ax_probs):
-            if settled is not None:
-                ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
     fig.suptitle("--predict: each image as given, the 28x28 MNIST would have made of it, "
                  "and the class\nprobabilities after each row (yellow = likely); "
                  "from the orange line on the answer holds", fontsize=10)
