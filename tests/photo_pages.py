@@ -139,8 +139,12 @@ def answers(script, model, folder):
 
 def measure(script, model_dir, out_dir):
     """Print, for each kind, the digits given the clean page's answer, and the clean page's accuracy."""
-    args = script.parse_args(["--device", "cpu"])
-    model = script.load_trained(model_dir, args)[0].eval()
+    argv = ["--device", "cpu", "--out-dir", str(model_dir)]
+    args = script.parse_args(argv)
+    try:  # load_trained(args, argv); a copy of the script from before the run folder's record: (out_dir, args)
+        model = script.load_trained(args, argv)[0].eval()
+    except AttributeError:
+        model = script.load_trained(model_dir, args)[0].eval()
     with torch.inference_mode():
         clean = answers(script, model, out_dir / "clean")
         right = sum(answer == int(name.split("-")[1]) for name, answer in clean.items())
