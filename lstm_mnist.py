@@ -1705,10 +1705,12 @@ class DrawPad:
         self.last = time.monotonic()
         blank = torch.zeros(SEQ_LEN, IN_DIM), None  # before the first stroke, and after Clear
         self.digit, self.image = strokes_to_mnist(self.strokes) if self.strokes else blank  # (28, 28), Pillow
-        with torch.inference_mode():
-            self.probs = self.model(self.digit[None]).softmax(dim=1)[0]  # (10,), as --predict reads it
-        if not self.model.bidirectional:
+        if self.model.bidirectional:  # no reading row by row: the answer alone
+            with torch.inference_mode():
+                self.probs = self.model(self.digit[None]).softmax(dim=1)[0]  # (10,), as --predict reads it
+        else:  # the answer after the last row is the model's answer: one pass gives both
             self.steps = probs_while_reading(self.model, self.digit[None])[0]  # (28 + K rows, 10)
+            self.probs = self.steps[-1]  # (10,)
         settled = settled_row(self.steps, with_zero_rows(self.digit[None], len(self.steps) - SEQ_LEN)[0])
         self.digit_image.set_data(self.digit.numpy())
         self.steps_image.set_data(self.steps.numpy())
