@@ -1031,8 +1031,8 @@ def compare_cells(args, argv, ctrl_c):
     seeds = args.seeds or [args.seed]
     plan = [(seed, cell) for seed in seeds for cell in CELLS]
     print(f"--compare-cells: {len(plan)} runs ({', '.join(CELLS)}"
-          f"{', seeds ' + ' '.join(map(str, seeds)) if len(seeds) > 1 else ''}), {args.epochs} epoch"
-          f"{'s' if args.epochs != 1 else ''} each; about {training_minutes(args) * len(seeds):.0f} min on "
+          f"{', seeds ' + ' '.join(map(str, seeds)) if len(seeds) > 1 else ''}), {epochs_of({'epoch': args.epochs})}"
+          f" each; about {training_minutes(args) * len(seeds):.0f} min on "
           f"this {pick_device(args.device).type.upper()} (a few steps timed)")
     images, labels = load_split(args.data_dir, args.dataset, train=False)  # for the memory curves
     if args.max_batches:  # the test images the runs test on (load_data's slice)
