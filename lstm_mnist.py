@@ -1277,7 +1277,7 @@ def load_trained(args, argv):
     if pair["record"].get("dataset") != "mnist":  # --predict reads digits, whatever --dataset says
         raise RunError(f"{pair['checkpoint']} was trained on {pair['record'].get('dataset')}: --predict reads "
                        f"handwritten digits, so it needs a model trained on mnist (train one in another --out-dir)")
-    record = load_checkpoint(pair["checkpoint"], args)  # Part 5: refuses a damaged file
+    record = load_checkpoint(pair["checkpoint"], args, pair["record"])  # Part 5: refuses a damaged file
     use_recorded_model(pair["checkpoint"], record, args, typed_keys(argv))  # typed flags must agree
     model = load_weights(build_model(model_hparams(args)), read_weights_only(pair["weights"]), pair["weights"])
     which = (f", the last finished run: {here['checkpoint']} holds an unfinished one" if pair is previous
@@ -2510,11 +2510,12 @@ def random_state(generator, device):
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def load_checkpoint(path, args):
-    """The checkpoint at `path` as a dict, after checking that this script wrote it for this data set."""
-    if not Path(path).is_file():
+def load_checkpoint(path, args, checkpoint=None):
+    """The checkpoint at `path` as a dict (`checkpoint`: already read from it), after checking that this
+    script wrote it for this data set."""
+    if checkpoint is None and not Path(path).is_file():
         raise RunError(f"no checkpoint at {path}; train first (without --eval-only / --resume)")
-    checkpoint = read_weights_only(path)
+    checkpoint = read_weights_only(path) if checkpoint is None else checkpoint
     if not isinstance(checkpoint, dict) or not str(checkpoint.get("format")).startswith("lstm_mnist checkpoint"):
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py")
     if isinstance(checkpoint.get("hparams"), dict):  # written before --cell and --pad-rows: an LSTM, no zero rows
