@@ -461,24 +461,17 @@ def show_shapes(hparams, batch_size):
 def lstm_cell(lstm, layer, suffix, x, h, c):
     """One time step of one layer of `lstm`, from its parameters; returns (h_t, c_t, gates).
 
-    `suffix` is "" for the forward direction and "_reverse" for the backward one. The
-    four gates' weights are stacked in one matrix, in PyTorch's order i, f, g, o
-    (x = this row x_t, h = h_{t-1}; sigmoid gives 0..1: 0 = closed, 1 = open):
-        i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)   input gate: how much of g to write
-        f = sigmoid(W_if x + b_if + W_hf h + b_hf)   forget gate: how much of c_{t-1} to keep
-        g = tanh(W_ig x + b_ig + W_hg h + b_hg)      the candidate: new values on offer
-        o = sigmoid(W_io x + b_io + W_ho h + b_ho)   output gate: how much of tanh(c_t) to show
-        c_t = f * c_{t-1} + i * g                    the cell state: the LSTM's memory
-        h_t = o * tanh(c_t)                          the hidden state: this step's output
+    `suffix` is "" for the forward direction and "_reverse" for the backward one. The four gates' weights
+    are stacked in one matrix, in PyTorch's order i, f, g, o; gate k reads z_k = W_ik x + b_ik + W_hk h + b_hk
+    (x = this row x_t, h = h_{t-1}; sigmoid gives 0..1: 0 = closed, 1 = open;
+    x 是這一列 x_t，h 是上一步的 h_{t-1}；sigmoid 的值在 0 到 1 之間，0 = 關、1 = 開):
+        i = sigmoid(z_i)           input gate: how much of g to write; 輸入閘：候選值 g 要寫進記憶多少
+        f = sigmoid(z_f)           forget gate: how much of c_{t-1} to keep; 遺忘閘：舊的細胞狀態 c_{t-1} 要留下多少
+        g = tanh(z_g)              the candidate: new values on offer; 候選值：這一步想寫進記憶的新內容（-1 到 1）
+        o = sigmoid(z_o)           output gate: how much of tanh(c_t) to show; 輸出閘：記憶 tanh(c_t) 要輸出多少
+        c_t = f * c_{t-1} + i * g  cell state: the LSTM's memory; 細胞狀態：LSTM 的長期記憶，留下的舊記憶 + 寫入的新內容
+        h_t = o * tanh(c_t)        hidden state: this step's output; 隱藏狀態：這一步的輸出，也傳給下一步和上一層
     (RNN never sets nn.LSTM's proj_size, so there is no weight_hr here.)
-
-    六個式子（x 是這一列 x_t，h 是上一步的 h_{t-1}；sigmoid 的值在 0 到 1 之間，0 = 關、1 = 開）：
-        i = sigmoid(...)         輸入閘：候選值 g 要寫進記憶多少
-        f = sigmoid(...)         遺忘閘：舊的細胞狀態 c_{t-1} 要留下多少
-        g = tanh(...)            候選值：這一步想寫進記憶的新內容（-1 到 1）
-        o = sigmoid(...)         輸出閘：記憶 tanh(c_t) 要輸出多少
-        c_t = f * c_{t-1} + i * g    細胞狀態：LSTM 的長期記憶，「留下的舊記憶 + 寫入的新內容」
-        h_t = o * tanh(c_t)          隱藏狀態：這一步的輸出，也傳給下一步和上一層
     簡單 RNN 只有 h_t = tanh(W x + U h_{t-1} + b)，每一步都整個改寫記憶，所以前面的列容易被忘掉；
     LSTM 的 c_t 在 f 接近 1 時幾乎原封不動地傳下去，這就是教學說的「解決了 RNN 會遺忘序列前段資訊」。
     """
