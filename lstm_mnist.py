@@ -765,23 +765,13 @@ FIGURES = ("predictions", "scores", "curves", "reading", "gates", "mistakes", "m
 
 
 def draw_more_figures(model, test_loader, history, class_names, paths, show=False):
-    """Every figure but section 8's scores.png, then the saved paths printed (and --show's windows)."""
-    images, labels = test_loader.dataset.tensors
-    plot_predictions(model, images, labels, class_names, paths["predictions"])
-    plot_curves(history, paths["curves"])
-    draw_inside_figures(model, test_loader, class_names, paths)
-    for path in paths.values():
-        print(f"saved {path}")
-    if show:
-        show_figures(paths)
-    return paths
-
-
-def draw_inside_figures(model, test_loader, class_names, paths):
-    """reading.png, gates.png, mistakes.png and memory.png; a figure that does not apply leaves `paths`."""
+    """Every figure but section 8's scores.png (one that does not apply leaves `paths`), then the saved
+    paths printed (and --show's windows)."""
     images, labels = test_loader.dataset.tensors
     probs = predict(model, test_loader)  # (N, n_class): the whole test set, once, in batches
-    plot_memory(model, test_loader, paths["memory"])  # "Why an LSTM", at the end of this part
+    plot_predictions(model, images, labels, class_names, paths["predictions"])
+    plot_curves(history, paths["curves"])
+    plot_memory(model, test_loader, paths["memory"])  # "Why an LSTM", Part 2
     if isinstance(recurrent_layer(model), nn.LSTM):
         plot_gates(model, images[0], int(labels[0]), class_names, paths["gates"])
     else:  # --cell gru / rnn: lstm_by_hand computes an LSTM's gates, which these cells do not have
@@ -793,6 +783,11 @@ def draw_inside_figures(model, test_loader, class_names, paths):
         skip_figure(paths, "reading", "with --bidirectional the output at row t has read the whole image")
     else:
         plot_reading(model, images, labels, probs, class_names, paths["reading"])
+    for path in paths.values():
+        print(f"saved {path}")
+    if show:
+        show_figures(paths)
+    return paths
 
 
 def skip_figure(paths, name, why):

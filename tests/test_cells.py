@@ -233,10 +233,10 @@ def test_the_figures_read_the_zero_rows_too(tmp_path, capsys):
     assert reading.shape == (20, 31, 10)
     torch.testing.assert_close(reading[:, -1], model(images).softmax(dim=1))  # the last row: the answer
     loader = lstm_mnist.make_loader(images, labels, lstm_mnist.EVAL_BATCH_SIZE, False)
-    paths = {name: tmp_path / f"{name}.png" for name in ("reading", "gates", "mistakes", "memory")}
+    paths = {name: tmp_path / f"{name}.png" for name in lstm_mnist.FIGURES if name != "scores"}
     (tmp_path / "gates.png").write_bytes(b"an earlier LSTM run's figure")
-    lstm_mnist.draw_inside_figures(model, loader, lstm_mnist.DATASETS["mnist"][1], paths)
-    assert list(paths) == ["reading", "mistakes", "memory"]  # gates.png left out
+    lstm_mnist.draw_more_figures(model, loader, [], lstm_mnist.DATASETS["mnist"][1], paths)
+    assert list(paths) == ["predictions", "curves", "reading", "mistakes", "memory"]  # gates.png left out
     assert all(path.exists() for path in paths.values()) and not (tmp_path / "gates.png").exists()
     out = capsys.readouterr().out
     assert "gates.png skipped" in out and "removed the earlier run's" in out  # not this model's figure
