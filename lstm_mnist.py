@@ -965,12 +965,20 @@ def memory_curves(model, images, labels):
             for name, each in (("trained", model), ("untrained", untrained_twin(model)))}
 
 
-def draw_memory(ax, curves, label, color, band=True):
-    """One model's memory curve on `ax`: the median per row, and the band between MEMORY_BAND's quantiles."""
-    rows = range(curves.shape[1])
-    ax.plot(rows, curves[0].numpy(), color=color, label=label, linewidth=2 if band else 0.8)
-    if band:
-        ax.fill_between(rows, curves[1].numpy(), curves[2].numpy(), color=color, alpha=0.2)
+def draw_memory(ax, lines, ylabel):
+    """Memory curves on `ax`, one per (curves, label, color, band): the median per row, and with band the
+    band between MEMORY_BAND's quantiles; on a log axis, the start of --pad-rows' zero rows dotted."""
+    for curves, label, color, band in lines:
+        rows = range(curves.shape[1])
+        ax.plot(rows, curves[0].numpy(), color=color, label=label, linewidth=2 if band else 0.8)
+        if band:
+            ax.fill_between(rows, curves[1].numpy(), curves[2].numpy(), color=color, alpha=0.2)
+    if len(rows) > SEQ_LEN:  # --pad-rows: the zero rows start here
+        ax.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
+    ax.set_yscale("log")  # the dependence fades by factors: equal steps down are equal factors
+    ax.set(xlabel="input row t (time step)", ylabel=ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
 
 
 def plot_memory(model, test_loader, path):
@@ -983,23 +991,16 @@ def plot_memory(model, test_loader, path):
     n_images = min(MEMORY_IMAGES, len(images))
     low, high = (round(100 * q) for q in MEMORY_BAND)
     fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
-    draw_memory(ax, curves["trained"], f"trained {name}: median, {low}-{high}% band", "tab:blue")
-    draw_memory(ax, curves["untrained"], f"the same {name} untrained (seed {MEMORY_SEED}): median", "gray",
-                band=False)
-    if curves["trained"].shape[1] > SEQ_LEN:  # --pad-rows: the zero rows start here
-        ax.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
-    ax.set_yscale("log")  # the dependence fades by factors: equal steps down are equal factors
-    ax.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|  (L2 norm over the row's pixels)")
+    draw_memory(ax, [(curves["trained"], f"trained {name}: median, {low}-{high}% band", "tab:blue", True),
+                     (curves["untrained"], f"the same {name} untrained (seed {MEMORY_SEED}): median", "gray", False)],
+                "|d score_true / d x_t|  (L2 norm over the row's pixels)")
     # One direction reads row 0 first and row 27 last; with --bidirectional the other reads them the
     # other way round, so both ends of the image are near the answer and the curve dips in the middle.
     low_rows = "in the middle = far from both ends" if model.bidirectional else "on the early rows = forgotten"
     ax.set_title(f"How much the answer depends on each row: the gradient of the true class's score, over "
                  f"{n_images} test images\nLow {low_rows} by the last step (untrained, even an LSTM forgets: "
                  f"its forget gates sit near 0.5)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
     save_figure(fig, path)
-    return curves
 
 
 # --- --compare-cells: the three cells, one after another, with the same flags ----------
@@ -1039,7 +1040,7 @@ def compare_cells(args, argv, ctrl_c):
         results[cell].append(result)
     rows = [cells_row(cell, runs) for cell, runs in results.items()]
     print_cells_table(rows, "val" if args.val_size else "test", len(seeds))
-    path = plot_cells(results, Path(args.out_dir) / "cells.png")
+    path = plot_cells(results, rows, Path(args.out_dir) / "cells.png")
     print(f"saved {path}")
     return {"cells": rows, "results": results, "figure": path}
 
@@ -1098,35 +1099,31 @@ def print_cells_table(rows, split, n_seeds):
               f"{spread(*row['final_range'])} | {row['seconds_per_epoch']:.1f}")
 
 
-def plot_cells(results, path):
+def plot_cells(results, rows, path):
     """cells.png: test error per epoch (log axis; the mean over seeds) and the memory curve of each cell."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     fig, (ax_error, ax_memory) = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
-    for (cell, runs), color in zip(results.items(), ("tab:blue", "tab:orange", "tab:green")):
-        row = cells_row(cell, runs)
+    lines = []  # for draw_memory: two per cell, trained and untrained
+    for (cell, runs), row, color in zip(results.items(), rows, ("tab:blue", "tab:orange", "tab:green")):
         epochs = range(1, len(row["epoch_acc"]) + 1)
         split = "test" if "test_acc" in runs[0]["history"][0] else "val"
         ax_error.plot(epochs, [100 - acc for acc in row["epoch_acc"]], marker="o", color=color,
                       label=f"{cell} ({split}{f', mean of {len(runs)} seeds' if len(runs) > 1 else ''})")
         curves = runs[0]["memory"]
-        draw_memory(ax_memory, curves["trained"], f"{cell} trained", color)
-        draw_memory(ax_memory, curves["untrained"], f"{cell} untrained", color, band=False)
+        lines += [(curves["trained"], f"{cell} trained", color, True),
+                  (curves["untrained"], f"{cell} untrained", color, False)]
     ax_error.set_yscale("log", nonpositive="mask")
     percent = FuncFormatter(lambda value, _: f"{value:g}%")  # 2%, 1.5%, not 2x10^0
     ax_error.yaxis.set_major_formatter(percent)
     ax_error.yaxis.set_minor_formatter(percent)
     ax_error.set(xlabel="epoch", ylabel="error = 100 - accuracy, log scale", title="error rate per epoch")
     ax_error.set_xticks(list(epochs))  # whole epochs only
-    if curves["trained"].shape[1] > SEQ_LEN:  # --pad-rows: the zero rows start here
-        ax_memory.axvline(SEQ_LEN - 0.5, color="black", linestyle=":", label="the digit ends; zero rows follow")
-    ax_memory.set_yscale("log")
-    ax_memory.set(xlabel="input row t (time step)", ylabel="|d score_true / d x_t|, median and 10-90% band",
-                  title="memory: how much the answer depends on each row")
-    for ax in (ax_error, ax_memory):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, which="both")
+    ax_error.legend(fontsize=8)
+    ax_error.grid(alpha=0.3, which="both")
+    draw_memory(ax_memory, lines, "|d score_true / d x_t|, median and 10-90% band")
+    ax_memory.set_title("memory: how much the answer depends on each row")
     save_figure(fig, path)
     return path
 
