@@ -664,15 +664,14 @@ def draw_reading(ax_image, ax_probs, image, steps, name, fontsize=None):
     settled = settled_row(steps, shown)
     if settled is not None:
         shown[settled + 1 :] *= 0.3  # dim the rows read after the answer settled
+        for ax in (ax_image, ax_probs):
+            ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
     ax_image.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
     ax_image.set(xticks=[], yticks=range(0, len(steps), 7))
     ax_image.set_xlabel(f"says {name} from row {settled} on" if settled is not None
                         else f"never sure: p({name}) < {SETTLED_PROB:g}", fontsize=fontsize)
     heatmap = ax_probs.imshow(steps.numpy(), cmap="viridis", vmin=0, vmax=1)
     ax_probs.set_yticks([])
-    for ax in (ax_image, ax_probs):
-        if settled is not None:
-            ax.axhline(settled + 0.5, color="tab:orange", linewidth=1.5)
     return heatmap
 
 
