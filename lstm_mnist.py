@@ -874,17 +874,13 @@ class CellModel(nn.Module):
         self.batch_first, self.bidirectional = layer.batch_first, layer.bidirectional
         self.classifer = nn.Linear((2 if self.bidirectional else 1) * layer.hidden_size, N_CLASS)
 
-    @property
-    def recurrent(self):
-        return getattr(self, self.cell)
-
     def forward(self, images):  # images: (batch, 28 rows, 28 pixels)
         return self.read(with_zero_rows(images, self.pad_rows))  # (batch, 28 + K rows, 28) in
 
     def read(self, rows):
         """The scores after reading `rows`, (batch, rows, 28) already padded: (batch, n_class)."""
         inputs = rows if self.batch_first else rows.transpose(0, 1)
-        output, h_n = self.recurrent(inputs)  # nn.LSTM's second result is (h_n, c_n), the others' h_n
+        output, h_n = getattr(self, self.cell)(inputs)  # nn.LSTM's second result is (h_n, c_n), the others' h_n
         if self.cell == "lstm":
             h_n = h_n[0]  # (n_layer * num_directions, batch, hidden_dim)
         if self.bidirectional:  # as in RNN.forward: both directions' final states
@@ -899,7 +895,7 @@ def lstm_options(hparams):
 
 def recurrent_layer(model):
     """The model's nn.LSTM (model.lstm), or with --cell its nn.GRU / nn.RNN."""
-    return model.recurrent if isinstance(model, CellModel) else model.lstm
+    return getattr(model, model.cell) if isinstance(model, CellModel) else model.lstm
 
 
 def padded(model, images):
@@ -911,9 +907,8 @@ def hparams_of(model):
     """The model flags (MODEL_FLAGS) that build_model would need to build `model` again."""
     layer = recurrent_layer(model)
     cell, pad_rows = (model.cell, model.pad_rows) if isinstance(model, CellModel) else ("lstm", 0)
-    return {"hidden_dim": layer.hidden_size, "n_layer": layer.num_layers, "dropout": layer.dropout,
-            "bidirectional": layer.bidirectional, "bias": layer.bias, "batch_first": layer.batch_first,
-            "cell": cell, "pad_rows": pad_rows}
+    return {"hidden_dim": layer.hidden_size, "n_layer": layer.num_layers,
+            **lstm_options(vars(layer)), "cell": cell, "pad_rows": pad_rows}  # nn.LSTM keeps them by these names
 
 
 def parameter_count(model):
