@@ -735,27 +735,25 @@ def plot_mistakes(images, labels, probs, class_names, path):
     import matplotlib.pyplot as plt
 
     labels, preds = labels.cpu(), probs.argmax(dim=1)  # (N,), (N,)
-    wrong = (preds != labels).nonzero().flatten()
-    wrong = wrong[probs[wrong, preds[wrong]].argsort(descending=True)][:N_MISTAKES]  # surest first
+    wrong = (preds != labels).nonzero().flatten()  # every mistake
+    surest = wrong[probs[wrong, preds[wrong]].argsort(descending=True)][:N_MISTAKES]  # the surest first
     rows = math.isqrt(N_MISTAKES)
     cols = math.ceil(N_MISTAKES / rows)
     mosaic = [["confusion"] * rows + [f"{r * cols + c}" for c in range(cols)] for r in range(rows)]
     fig, axes = plt.subplot_mosaic(mosaic, figsize=(16, 8), layout="constrained")
     draw_confusion(axes["confusion"], labels, preds, class_names)
-    images_wrong = images[wrong.to(images.device)].cpu()  # (up to N_MISTAKES, 28, 28)
     for k in range(rows * cols):
         ax = axes[str(k)]
         ax.axis("off")
-        if k < len(wrong):
-            i = int(wrong[k])
-            ax.imshow(images_wrong[k].numpy(), cmap="gray")
+        if k < len(surest):
+            i = int(surest[k])
+            ax.imshow(images[i].cpu().numpy(), cmap="gray")
             ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[preds[i]]} ({probs[i, preds[i]]:.2f})",
                          color="red", fontsize=8)
     if len(wrong) == 0:
         axes["0"].text(0, 0.5, "no mistakes", fontsize=14)
-    num_wrong = int((preds != labels).sum())
-    fig.suptitle(f"{num_wrong} mistakes in {len(labels)} test images. Left: how often each true class (row) was "
-                 f"predicted as each class (column).\nRight: the {len(wrong)} mistakes made with the highest "
+    fig.suptitle(f"{len(wrong)} mistakes in {len(labels)} test images. Left: how often each true class (row) was "
+                 f"predicted as each class (column).\nRight: the {len(surest)} mistakes made with the highest "
                  f"probability, titled true / pred (probability)")
     save_figure(fig, path)
 
