@@ -1009,10 +1009,11 @@ def compare_cells(args, argv, ctrl_c):
     """
     seeds = args.seeds or [args.seed]
     plan = [(seed, cell) for seed in seeds for cell in CELLS]
+    device = pick_device(args.device)  # the one each run_tutorial picks
     print(f"--compare-cells: {len(plan)} runs ({', '.join(CELLS)}"
           f"{', seeds ' + ' '.join(map(str, seeds)) if len(seeds) > 1 else ''}), {epochs_of({'epoch': args.epochs})}"
-          f" each; about {training_minutes(args) * len(seeds):.0f} min on "
-          f"this {pick_device(args.device).type.upper()} (a few steps timed)")
+          f" each; about {training_minutes(args, device) * len(seeds):.0f} min on "
+          f"this {device.type.upper()} (a few steps timed)")
     images, labels = load_split(args.data_dir, args.dataset, train=False)  # for the memory curves
     if args.max_batches:  # the test images the runs test on (load_data's slice)
         images, labels = images[: args.max_batches * args.batch_size], labels[: args.max_batches * args.batch_size]
@@ -1024,22 +1025,21 @@ def compare_cells(args, argv, ctrl_c):
         cell_args = argparse.Namespace(**{**vars(args), "cell": cell, "seed": seed, "out_dir": str(out_dir),
                                           "resume": resume})
         result = run_tutorial(cell_args, argv, ctrl_c)
-        device = next(result["model"].parameters()).device
         if seed == seeds[0]:  # cells.png draws the first seed's memory curves
             result["memory"] = memory_curves(result["model"], images.to(device), labels.to(device))
         results[cell].append(result)
-    rows = [cells_row(cell, runs) for cell, runs in results.items()]
-    print_cells_table(rows, "val" if args.val_size else "test", len(seeds))
-    path = plot_cells(results, rows, Path(args.out_dir) / "cells.png")
+    split = "val" if args.val_size else "test"  # the set each epoch was measured on
+    rows = [cells_row(cell, runs, split) for cell, runs in results.items()]
+    print_cells_table(rows, split, len(seeds))
+    path = plot_cells(results, rows, split, Path(args.out_dir) / "cells.png")
     print(f"saved {path}")
     return {"cells": rows, "results": results, "figure": path}
 
 
-def training_minutes(args):
+def training_minutes(args, device):
     """Roughly how long one run of each cell takes, in minutes: the fastest of PROBE_STEPS training
     steps of each (after one to warm up; a busy machine only slows some), times the steps to train,
     plus a tenth for testing and FIGURE_SECONDS per run."""
-    device = pick_device(args.device)
     keep_cpu_buffers()  # as the runs will
     steps = min(math.ceil((60_000 - args.val_size) / args.batch_size), args.max_batches or math.inf)
     seconds = 0.0
@@ -1062,9 +1062,8 @@ def training_minutes(args):
     return seconds / 60
 
 
-def cells_row(cell, runs):
-    """One row of the cells' table: the mean over seeds of each epoch's accuracy, the final ones."""
-    split = "test" if "test_acc" in runs[0]["history"][0] else "val"
+def cells_row(cell, runs, split):
+    """One row of the cells' table: the mean over seeds of each epoch's `split` accuracy, the final ones."""
     epochs = [[row[f"{split}_acc"] for row in run["history"]] for run in runs]
     finals = [run["final_test_acc"] for run in runs]
     seconds = [row["seconds"] for run in runs for row in run["history"]]
@@ -1089,7 +1088,7 @@ def print_cells_table(rows, split, n_seeds):
               f"{spread(*row['final_range'])} | {row['seconds_per_epoch']:.1f}")
 
 
-def plot_cells(results, rows, path):
+def plot_cells(results, rows, split, path):
     """cells.png: test error per epoch (log axis; the mean over seeds) and the memory curve of each cell."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
@@ -1098,7 +1097,6 @@ def plot_cells(results, rows, path):
     lines = []  # for draw_memory: two per cell, trained and untrained
     for (cell, runs), row, color in zip(results.items(), rows, ("tab:blue", "tab:orange", "tab:green")):
         epochs = range(1, len(row["epoch_acc"]) + 1)
-        split = "test" if "test_acc" in runs[0]["history"][0] else "val"
         ax_error.plot(epochs, [100 - acc for acc in row["epoch_acc"]], marker="o", color=color,
                       label=f"{cell} ({split}{f', mean of {len(runs)} seeds' if len(runs) > 1 else ''})")
         curves = runs[0]["memory"]
