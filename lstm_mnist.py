@@ -452,10 +452,8 @@ def show_shapes(hparams, batch_size):
 
 # --- Inside the "A" unit: one LSTM step written out by hand --------------------------
 # The tutorial says an LSTM is built like an RNN, one "A" unit applied to every row,
-# but that A differs inside. These two functions open it: they compute what nn.LSTM
-# computes, from nn.LSTM's own parameters, so that gates.png (below) can show the
-# gates at work. They are for eval mode: nn.LSTM's dropout between layers acts only
-# in training, and these functions leave it out.
+# but that A differs inside. These two functions open it, so that gates.png (below) can
+# show the gates at work. Eval mode only: they leave out nn.LSTM's dropout between layers.
 
 
 def lstm_cell(lstm, layer, suffix, x, h, c):
@@ -518,11 +516,9 @@ def lstm_by_hand(lstm, inputs):
 
 
 # --- The figures beyond the tutorial's one example ---------------------------------
-# The tutorial's theory: an RNN passes what it computed at one time step on to the next,
-# so earlier rows shape how later rows are read, and an LSTM does so through the gates of
-# its single "A" unit. reading.png shows this from outside (the answer after each row),
-# gates.png from inside (the gates, from lstm_by_hand above), and mistakes.png shows
-# where the reading goes wrong.
+# An RNN passes what it computed at one row on to the next, so earlier rows shape how
+# later rows are read: reading.png shows this from outside (the answer after each row),
+# gates.png from inside (lstm_by_hand's gates), mistakes.png where the reading goes wrong.
 N_GRID = 16  # test digits drawn in predictions.png (a 4 x 4 grid)
 N_READING = 6  # test digits drawn in reading.png (2 rows of 3)
 N_READING_MISTAKES = 2  # of which at most this many are mistakes, when there are any
