@@ -897,21 +897,13 @@ def padded(model, images):
     return with_zero_rows(images, model.pad_rows if isinstance(model, CellModel) else 0)
 
 
-def hparams_of(model):
-    """The model flags (MODEL_FLAGS) that build_model would need to build `model` again."""
-    layer = recurrent_layer(model)
-    cell, pad_rows = (model.cell, model.pad_rows) if isinstance(model, CellModel) else ("lstm", 0)
-    return {"hidden_dim": layer.hidden_size, "n_layer": layer.num_layers,
-            **lstm_options(vars(layer)), "cell": cell, "pad_rows": pad_rows}  # nn.LSTM keeps them by these names
-
-
 def parameter_count(model):
     return sum(p.numel() for p in model.parameters())
 
 
 def describe_model(model):
     """One line: the recurrent layer, its sizes, the zero rows and the number of parameters."""
-    layer, pad_rows = recurrent_layer(model), hparams_of(model)["pad_rows"]
+    layer, pad_rows = recurrent_layer(model), getattr(model, "pad_rows", 0)  # RNN reads no zero rows
     padding = f", reading {pad_rows} rows of zeros after each image" if pad_rows else ""
     return (f"model: {layer.num_layers} x {layer.hidden_size} {type(layer).__name__}{padding}; "
             f"{parameter_count(model):,} parameters")
@@ -936,9 +928,12 @@ def memory_profile(model, images, labels):
 
 def untrained_twin(model):
     """The same architecture at initialisation (seed MEMORY_SEED), leaving the run's random state alone."""
+    import copy
+    twin = copy.deepcopy(model).cpu()  # drawn again on the CPU: no GPU random state is drawn
     with torch.random.fork_rng(devices=[]):  # the CPU's random state is put back afterwards
         torch.manual_seed(MEMORY_SEED)
-        twin = build_model(hparams_of(model))  # built on the CPU: no GPU random state is drawn
+        for layer in twin.children():  # the recurrent layer, then the classifier: build_model's order
+            layer.reset_parameters()
     return twin.to(next(model.parameters()).device)
 
 
