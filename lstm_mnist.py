@@ -825,11 +825,8 @@ def show_figures(paths):
 # ===========================================================================
 # Part 2. Why an LSTM (為什麼用 LSTM，不用簡單的 RNN？)
 # For the learner who asks whether the tutorial's claim holds: it says a simple RNN forgets the
-# early part of a sequence and the LSTM solves this (它解決了RNN會遺忘序列前段資訊的問題). Measured:
-#   --cell gru / rnn   nn.GRU or nn.RNN (tanh, no gates) where nn.LSTM was: same sizes, same flags;
-#   --pad-rows K       K rows of zeros after each image's 28: the answer comes K steps after the digit;
-#   memory.png         (every run) how much the answer depends on each row it read;
-#   --compare-cells    lstm, gru and rnn trained one after another: one table and cells.png.
+# early part of a sequence and the LSTM solves this (它解決了RNN會遺忘序列前段資訊的問題). Measured
+# with this part's flags (CELL_DEFAULTS: --cell, --pad-rows, --compare-cells) and memory.png (every run).
 # 把 nn.LSTM 換成 nn.GRU 或 nn.RNN，在每張圖後面補 K 列零，再量一量誰還記得前面的列。
 # The default run never meets this code: build_model makes the tutorial's RNN for --cell lstm, K = 0.
 # ===========================================================================
