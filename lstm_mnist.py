@@ -531,7 +531,6 @@ N_MISTAKES = 24  # misclassified test digits drawn in mistakes.png (a 4 x 6 gall
 def plot_predictions(model, images, labels, class_names, path):
     """predictions.png: a grid of test digits titled `pred 7 / true 7`, mistakes in red."""
     import matplotlib.pyplot as plt
-
     with torch.inference_mode():
         model.eval()
         preds = model(images[:N_GRID]).argmax(dim=1).cpu()
@@ -551,7 +550,6 @@ def plot_predictions(model, images, labels, class_names, path):
 def plot_curves(history, path):
     """curves.png: loss, accuracy and error rate per epoch, of training and the test (or --val-size) set."""
     import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc, ax_error) = plt.subplots(1, 3, figsize=(15, 3.8))
     smoothing = history[0].get("label_smoothing") if history else 0
@@ -625,7 +623,6 @@ def pick_for_reading(preds, labels):
 def plot_reading(model, images, labels, probs, class_names, path):
     """reading.png: a few test digits, each beside its class probabilities after every row."""
     import matplotlib.pyplot as plt
-
     preds = probs.argmax(dim=1)  # (N,)
     chosen = pick_for_reading(preds, labels.cpu())
     reading = probs_while_reading(model, images[chosen])  # (N_READING, 28 rows, n_class)
@@ -674,7 +671,6 @@ def draw_reading(ax_image, ax_probs, image, steps, name, fontsize=None):
 def plot_gates(model, image, label, class_names, path):
     """gates.png: the top layer's gates and cell state over the 28 rows of test image 0, by hand."""
     import matplotlib.pyplot as plt
-
     lstm = model.eval().lstm
     inputs = padded(model, image.unsqueeze(0))  # (1, 28 + K rows, 28)
     image = inputs[0]  # drawn with its zero rows, beside the gates at every row
@@ -729,7 +725,6 @@ def draw_confusion(ax, labels, preds, class_names):
 def plot_mistakes(images, labels, probs, class_names, path):
     """mistakes.png: the confusion matrix of the test set, and the mistakes the model was surest of."""
     import matplotlib.pyplot as plt
-
     labels, preds = labels.cpu(), probs.argmax(dim=1)  # (N,), (N,)
     wrong = (preds != labels).nonzero().flatten()  # every mistake
     surest = wrong[probs[wrong, preds[wrong]].argsort(descending=True)][:N_MISTAKES]  # the surest first
@@ -794,7 +789,6 @@ def skip_figure(paths, name, why):
 def save_figure(fig, path):
     """fig.savefig(path), then plt.close(fig); a write that fails (a full disk) names the file."""
     import matplotlib.pyplot as plt
-
     try:
         fig.savefig(path)
     except OSError as err:
@@ -806,7 +800,6 @@ def save_figure(fig, path):
 def use_windows(show):
     """Draw to files only (matplotlib's Agg backend, no display needed), unless --show."""
     import matplotlib
-
     if not show:
         matplotlib.use("Agg")
 
@@ -814,7 +807,6 @@ def use_windows(show):
 def show_figures(paths):
     """--show: open every saved figure in a window."""
     import matplotlib.pyplot as plt
-
     for path in paths.values():
         fig, ax = plt.subplots()
         ax.imshow(plt.imread(path))
@@ -962,7 +954,6 @@ def draw_memory(ax, lines, ylabel):
 def plot_memory(model, test_loader, path):
     """memory.png: how much the true class's score depends on each row, trained and untrained."""
     import matplotlib.pyplot as plt
-
     images, labels = test_loader.dataset.tensors
     curves = memory_curves(model, images, labels)
     name = type(recurrent_layer(model)).__name__
@@ -1080,7 +1071,6 @@ def plot_cells(results, rows, split, path):
     """cells.png: test error per epoch (log axis; the mean over seeds) and the memory curve of each cell."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
-
     fig, (ax_error, ax_memory) = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
     lines = []  # for draw_memory: two per cell, trained and untrained
     for (cell, runs), row, color in zip(results.items(), rows, ("tab:blue", "tab:orange", "tab:green")):
