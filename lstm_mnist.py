@@ -409,21 +409,17 @@ def main(argv=None):
 # ===========================================================================
 
 def show_shapes(hparams, batch_size):
-    """Run one batch through the LSTM and print the tutorial's shape table; return the shapes.
-
-    With --cell gru or rnn the layer has no cell state: no c_0 and no c_n (its state is h alone).
-    With --pad-rows K the sequence is 28 + K rows long.
-    """
+    """Run one batch through the LSTM and print the tutorial's shape table; return the shapes."""
     model = build_model(hparams)
     lstm = recurrent_layer(model)  # model.lstm (model.gru, model.rnn with --cell)
     is_lstm = isinstance(lstm, nn.LSTM)
     num_directions = 2 if lstm.bidirectional else 1
     # Shapes do not depend on pixel values, so a random batch stands in for MNIST.
     images = torch.rand(batch_size, SEQ_LEN, IN_DIM)
-    rows = padded(model, images)  # (batch, 28 + K, 28); K = 0: images
+    rows = padded(model, images)  # (batch, 28 + K, 28): --pad-rows K makes the sequence 28 + K rows long
     inputs = rows if lstm.batch_first else rows.transpose(0, 1)
     h_0 = torch.zeros(lstm.num_layers * num_directions, batch_size, lstm.hidden_size)
-    c_0 = torch.zeros_like(h_0) if is_lstm else None  # only an LSTM has a cell state c
+    c_0 = torch.zeros_like(h_0) if is_lstm else None  # only an LSTM has a cell state c; a GRU's state is h alone
     with torch.no_grad():
         if is_lstm:
             output, (h_n, c_n) = lstm(inputs, (h_0, c_0))
