@@ -996,9 +996,8 @@ def compare_cells(args, argv, ctrl_c):
     for k, (seed, cell) in enumerate(plan, 1):
         out_dir = Path(args.out_dir) / (cell if len(seeds) == 1 else f"{cell}-seed{seed}")
         print(f"=== --compare-cells: {cell}, seed {seed} ({k}/{len(plan)}) in {out_dir} ===")
-        resume = args.resume and checkpoint_path(out_dir).is_file()
         cell_args = argparse.Namespace(**{**vars(args), "cell": cell, "seed": seed, "out_dir": str(out_dir),
-                                          "resume": resume})
+                                          "resume": args.resume and checkpoint_path(out_dir).is_file()})
         result = run_tutorial(cell_args, argv, ctrl_c)
         if seed == seeds[0]:  # cells.png draws the first seed's memory curves
             result["memory"] = memory_curves(result["model"], images.to(device), labels.to(device))
