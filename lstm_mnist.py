@@ -976,12 +976,7 @@ FIGURE_SECONDS = 20  # ...and adds this for each run's final test and figures (m
 
 
 def compare_cells(args, argv, ctrl_c):
-    """Train lstm, gru and rnn with the same flags, once per seed; print one table, draw cells.png.
-
-    Each run is the tutorial's (run_tutorial), in --out-dir/<cell>, or with several --seeds in
-    --out-dir/<cell>-seed<S>. With --resume a run whose folder holds a checkpoint goes on from it
-    (a finished one is only reloaded) and the others start: Ctrl-C's command finishes them all.
-    """
+    """Train lstm, gru and rnn with the same flags (run_tutorial), once per seed; print one table, draw cells.png."""
     seeds = args.seeds or [args.seed]
     plan = [(seed, cell) for seed in seeds for cell in CELLS]
     device = pick_device(args.device)  # the one each run_tutorial picks
@@ -996,6 +991,8 @@ def compare_cells(args, argv, ctrl_c):
     for k, (seed, cell) in enumerate(plan, 1):
         out_dir = Path(args.out_dir) / (cell if len(seeds) == 1 else f"{cell}-seed{seed}")
         print(f"=== --compare-cells: {cell}, seed {seed} ({k}/{len(plan)}) in {out_dir} ===")
+        # With --resume a run whose folder holds a checkpoint goes on from it (a finished one is only
+        # reloaded) and the others start: Ctrl-C's command finishes them all.
         cell_args = argparse.Namespace(**{**vars(args), "cell": cell, "seed": seed, "out_dir": str(out_dir),
                                           "resume": args.resume and checkpoint_path(out_dir).is_file()})
         result = run_tutorial(cell_args, argv, ctrl_c)
