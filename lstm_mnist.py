@@ -527,9 +527,7 @@ N_MISTAKES = 24  # misclassified test digits drawn in mistakes.png (a 4 x 6 gall
 def plot_predictions(model, images, labels, class_names, path):
     """predictions.png: a grid of test digits titled `pred 7 / true 7`, mistakes in red."""
     import matplotlib.pyplot as plt
-    with torch.inference_mode():
-        model.eval()
-        preds = model(images[:N_GRID]).argmax(dim=1).cpu()
+    preds = predict(model, [(images[:N_GRID], labels[:N_GRID])]).argmax(dim=1)  # a loader of one batch
     side = math.isqrt(N_GRID)
     fig, axes = plt.subplots(side, side, figsize=(7, 7.6))
     for ax in axes.flat:  # no frames, so no empty box where there are fewer than N_GRID images
