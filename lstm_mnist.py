@@ -1405,8 +1405,8 @@ def on_paper(image):
 
 
 def pixels(image):
-    """A Pillow "L" image as a float32 tensor (H, W) of levels 0..255."""
-    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    """A Pillow "L" image (levels 0..255) or "F" image (32-bit floats) as a float32 tensor (H, W)."""
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32 if image.mode == "F" else torch.uint8)
     return data.view(image.height, image.width).float()
 
 
@@ -1454,9 +1454,7 @@ def straightened(ink, floor):
     degrees = max(fullest, key=fullest.get)
     if fullest[degrees] < RULE_SHARE * inked.shape[1] or fullest[degrees] <= fullest[0.0]:
         return ink  # no rule, or level already
-    image = Image.frombytes("F", ink.shape[::-1], ink.contiguous().numpy().tobytes())
-    image = image.rotate(-degrees, Image.Resampling.BILINEAR)
-    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(ink.shape)
+    return pixels(Image.fromarray(ink.numpy()).rotate(-degrees, Image.Resampling.BILINEAR))  # via an "F" image
 
 
 def bridged(ink, floor):
@@ -1528,9 +1526,7 @@ def fit_box(digit):
     h, w = digit.shape
     scale = FIT / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # Pillow's (width, height)
-    image = Image.frombytes("F", (w, h), digit.contiguous().numpy().tobytes())  # 32-bit floats
-    image = image.resize(size, Image.Resampling.LANCZOS)
-    small = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(size[1], size[0])
+    small = pixels(Image.fromarray(digit.numpy()).resize(size, Image.Resampling.LANCZOS))  # an "F" image
     small = small.clamp(0, 1)  # LANCZOS overshoots a little at sharp edges
     return small / small.max()  # MNIST's digits all reach 1
 
