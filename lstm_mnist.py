@@ -1635,7 +1635,7 @@ class DrawPad:
         from matplotlib.widgets import Button
 
         self.fig, self.model, self.out_dir, self.close = fig, model, Path(out_dir), lambda: plt.close(fig)
-        self.strokes, self.lines, self.drawing, self.last = [], [], False, 0.0
+        self.strokes, self.drawing, self.last = [], False, 0.0  # strokes: lists of points; pad.lines draws them
         # (left, bottom, width, height) in the 11 x 5 inch figure; the pad is square, 4 x 4 inches, y down.
         self.pad = fig.add_axes((0.02, 0.12, 0.3636, 0.8), xlim=(0, 1), ylim=(1, 0), xticks=[], yticks=[],
                                 title="write a digit here")
@@ -1666,7 +1666,7 @@ class DrawPad:
         if event.button == 1:  # a new stroke: a list of points, and its line on the pad
             self.drawing = True
             self.strokes.append([(event.xdata, event.ydata)])
-            self.lines += self.pad.plot(event.xdata, event.ydata, "k", lw=PAD_LINE, solid_capstyle="round")
+            self.pad.plot(event.xdata, event.ydata, "k", lw=PAD_LINE, solid_capstyle="round")
         elif event.button == 3 and self.strokes:  # the stroke nearest the click
             near = [min(math.dist(point, (event.xdata, event.ydata)) for point in s) for s in self.strokes]
             self.erase(slice(k := near.index(min(near)), k + 1))
@@ -1674,7 +1674,7 @@ class DrawPad:
     def move(self, event):
         if self.drawing and event.inaxes is self.pad:
             self.strokes[-1].append((event.xdata, event.ydata))
-            self.lines[-1].set_data(*zip(*self.strokes[-1]))
+            self.pad.lines[-1].set_data(*zip(*self.strokes[-1]))
             if time.monotonic() - self.last >= LIVE_EVERY:
                 self.update()
             self.fig.canvas.draw_idle()
@@ -1691,9 +1691,9 @@ class DrawPad:
         actions.get(event.key, lambda: None)()
 
     def erase(self, strokes):
-        for line in self.lines[strokes]:
+        for line in self.pad.lines[strokes]:
             line.remove()
-        del self.lines[strokes], self.strokes[strokes]
+        del self.strokes[strokes]
         self.update()
 
     def update(self):
@@ -1707,10 +1707,9 @@ class DrawPad:
         else:  # the answer after the last row is the model's answer: one pass gives both
             self.steps = probs_while_reading(self.model, self.digit[None])[0]  # (28 + K rows, 10)
             self.probs = self.steps[-1]  # (10,)
-        settled = settled_row(self.steps, with_zero_rows(self.digit[None], len(self.steps) - SEQ_LEN)[0])
+        settled = settled_row(self.steps, self.digit) if self.strokes else None  # (--pad-rows' rows hold no ink)
         self.digit_image.set_data(self.digit.numpy())
         self.steps_image.set_data(self.steps.numpy())
-        settled = settled if self.strokes else None
         for line in self.settled:  # from the orange line on, the answer holds (as in reading.png)
             line.set_ydata([math.nan if settled is None else settled + 0.5] * 2)
         pred = int(self.probs.argmax())
