@@ -1151,39 +1151,33 @@ def plot_cells(results, path):
 # ===========================================================================
 
 # --- Your own handwriting: --predict -------------------------------------------------
-# Section 8 shows the model one test image; the next thing a learner wants is to write a
-# digit on paper or in Paint and ask the LSTM. A photo resized straight to 28x28 is read
-# at little better than chance, because the model knows only digits made the way MNIST's
-# were. to_mnist() makes them that way, with Pillow (which torchvision brings) and torch:
+# A photo resized straight to 28x28 is read at little better than chance: the model knows only digits made the
+# way MNIST's were. to_mnist() makes them that way, with Pillow (which torchvision brings) and torch:
 #
-#   1. Read small and upright. A JPEG decodes at 1/2 to 1/8 of its size (a 100-megapixel
-#      photo too), 16-bit and float levels become 8-bit ones, and a phone's EXIF tag, which
-#      says how to turn a photo stored sideways, is applied.
-#      大照片縮小讀入；16 位元、浮點影像換成 8 位元；依 EXIF 標記轉正。
-#   2. Transparency onto the paper, never onto black. A drawing app's PNG often has black
-#      ink on a transparent page whose hidden colour is black too: dropping the alpha
-#      leaves black on black. 透明背景要換成紙的顏色，直接丟掉 alpha 會變成全黑。
+#   1. Read small and upright. A JPEG decodes at 1/2 to 1/8 of its size (a 100-megapixel photo too), 16-bit
+#      and float levels become 8-bit ones, and a phone's EXIF tag, which says how to turn a photo stored
+#      sideways, is applied. 大照片縮小讀入；16 位元、浮點影像換成 8 位元；依 EXIF 標記轉正。
+#   2. Transparency onto the paper, never onto black: a drawing app's PNG often has black ink on a transparent
+#      page whose hidden colour is black too. 透明背景要換成紙的顏色，直接丟掉 alpha 會變成全黑。
 #   3. Grey levels. MNIST has one channel; colour says nothing about which digit it is.
 #      MNIST 只有一個灰階通道，顏色不影響是哪個數字。
-#   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark on
-#      light. Judged on the whole image, mostly paper, so neither a big digit nor a dark table
-#      round the page fools it. MNIST 是黑底白字：看整張圖（大多是紙）決定要不要反相。
-#   5. Ink is what is darker than the paper near it: a hand's shadow or a lens's dark corners
-#      dim paper and ink alike, so each pixel is divided by the paper's light there (the image
-#      with its strokes closed over, on coarse blocks). The paper becomes 0; what stands
-#      well above its grain is ink. 除以附近紙的亮度（陰影、暗角消掉）；比紙的雜訊亮很多的才是墨水。
-#   6. Not the digit: rows or columns inked nearly end to end. Thick ones at a side, a table or
-#      the page's edge, are cut off first; thin ones, ruled or grid lines, become paper, with a
-#      stroke across one bridged. 切掉邊上的桌面、紙邊；橫線、格線變成紙，筆畫穿過處補回。
-#   7. Crop to the ink: what is brighter than the paper by a share of the ink's contrast, else
-#      a small digit in a big photo shrinks to a dot. Pieces far apart, a speck, or ink nearly
-#      everywhere get a warning. 裁到墨水的範圍；多塊墨水、小污點、滿版墨水時會警告。
-#   8. Strokes to MNIST's widths: a ballpoint line in a big photo thickened (at 20x20 it would
-#      fade away), a marker's thinned (it would fill the loop of a 9). 細筆加粗，麥克筆變細。
-#   9. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow,
-#      and edges get MNIST's grey levels. 保持長寬比放進 20x20，用 LANCZOS 抗鋸齒縮小。
-#  10. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only
-#      seen digits there. 以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
+#   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark on light. Judged on the
+#      whole image, mostly paper, so neither a big digit nor a dark table round the page fools it.
+#      MNIST 是黑底白字：看整張圖（大多是紙）決定要不要反相。
+#   5. Ink is what is darker than the paper near it: a hand's shadow or a lens's dark corners dim paper and ink
+#      alike, so each pixel is divided by the paper's light there (paper_light): the paper becomes 0, and what
+#      stands well above its grain is ink. 除以附近紙的亮度（陰影、暗角消掉）；比紙的雜訊亮很多的才是墨水。
+#   6. Not the digit: rows or columns inked nearly end to end. Thick ones at a side, a table or the page's edge,
+#      are cut off first; thin ones, ruled or grid lines, become paper, with a stroke across one bridged.
+#      切掉邊上的桌面、紙邊；橫線、格線變成紙，筆畫穿過處補回。
+#   7. Crop to the ink, else a small digit in a big photo shrinks to a dot. Pieces far apart, a speck, or ink
+#      nearly everywhere get a warning. 裁到墨水的範圍；多塊墨水、小污點、滿版墨水時會警告。
+#   8. Strokes to MNIST's widths: a ballpoint line in a big photo thickened (at 20x20 it would fade away), a
+#      marker's thinned (it would fill the loop of a 9). 細筆加粗，麥克筆變細。
+#   9. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow, and edges get
+#      MNIST's grey levels. 保持長寬比放進 20x20，用 LANCZOS 抗鋸齒縮小。
+#  10. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only seen digits there.
+#      以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
 #  11. Values 0..1, as section 2 gives the training images. 數值 0..1，和訓練資料一樣。
 PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")  # in a folder
 NOT_READ = (".heic", ".heif")  # an iPhone's photos: Pillow cannot read them without a plug-in
@@ -1520,7 +1514,7 @@ def restroke(digit):
 
 
 def fit_box(digit):
-    """Step 8: the longer side to FIT pixels, aspect ratio kept, anti-aliased; -> (<= 20, <= 20)."""
+    """Step 9: the longer side to FIT pixels, aspect ratio kept, anti-aliased; -> (<= 20, <= 20)."""
     from PIL import Image
 
     h, w = digit.shape
@@ -1532,7 +1526,7 @@ def fit_box(digit):
 
 
 def centre_of_mass_at_centre(digit):
-    """Steps 9 and 10: the digit (h, w) in 28x28, its centre of mass on (CENTRE, CENTRE)."""
+    """Steps 10 and 11: the digit (h, w) in 28x28, its centre of mass on (CENTRE, CENTRE)."""
     h, w = digit.shape
     mass = digit.sum()
     row = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)  # the centre of mass
