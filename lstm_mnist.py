@@ -1351,10 +1351,8 @@ def open_image(path):
 
 
 def to_mnist(image, notes=None):
-    """A Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST's were.
-
-    None if the image holds no ink (a blank page). `notes`, a list if given, gets step 7's warnings.
-    """
+    """A Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST's were; None if it
+    holds no ink (a blank page). `notes`, a list if given, gets step 7's warnings."""
     from PIL import Image
 
     grey = on_paper(image)  # steps 2 and 3: (H, W) grey levels
@@ -1543,10 +1541,9 @@ def plot_predict(model, done, path):
     """predict.png: each image as given, the 28x28 the model sees, and its answer after each row."""
     import matplotlib.pyplot as plt
 
-    device = next(model.parameters()).device
-    digits = torch.stack([item["digit"] for item in done])  # (n, 28, 28)
+    digits = torch.stack([item["digit"] for item in done]).to(next(model.parameters()).device)  # (n, 28, 28)
     # (n, 28 rows, 10): the answer after each row; none with --bidirectional (see reading.png)
-    reading = None if model.bidirectional else probs_while_reading(model, digits.to(device))
+    reading = None if model.bidirectional else probs_while_reading(model, digits)
     fig, axes = plt.subplots(len(done), 3, figsize=(6.6, 2.6 * len(done) + 0.8), squeeze=False,
                              layout="constrained",
                              gridspec_kw={"width_ratios": [30, SEQ_LEN, N_CLASS]})
@@ -1577,11 +1574,10 @@ def plot_predict(model, done, path):
 
 
 # --- Your own handwriting, live: --draw ----------------------------------------------
-# Write a digit with the mouse; watch the LSTM read it: the 28x28 it sees and its answer after
-# each row, as you write. 用滑鼠寫一個數字，看 LSTM 一列一列讀它、答案怎麼變。The strokes are kept
-# as points (a canvas shrunk to 28x28 loses thin strokes; its size changes the answer) and drawn
-# MNIST's way: their longer side DRAW_SIDE pixels, a pen that fit_box's shrink to 20x20 leaves
-# DRAW_STROKE wide, centred by mass. 不論寫多大，縮到 20x20 後筆畫都和 MNIST 一樣粗，再以質心置中。
+# Write a digit with the mouse; watch the LSTM read it: the 28x28 it sees and its answer after each row, as you
+# write. 用滑鼠寫一個數字，看 LSTM 一列一列讀它、答案怎麼變。The strokes are kept as points (a canvas shrunk to
+# 28x28 loses thin strokes; its size changes the answer) and drawn MNIST's way, whatever their size: as wide as
+# MNIST's strokes once shrunk to 20x20, centred by mass. 不論寫多大，縮到 20x20 後筆畫都和 MNIST 一樣粗，再以質心置中。
 DRAW_SIDE = 200  # pixels: the strokes' longer side when drawn, before fit_box shrinks them to FIT
 DRAW_STROKE = 2.2  # pen width at 20x20: at half brightness strokes then measure MNIST's median, 1.8 px
 DRAW_PEN = DRAW_STROKE * DRAW_SIDE / (FIT - DRAW_STROKE)  # ~25 px: DRAW_STROKE once the ink box is FIT
