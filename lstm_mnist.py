@@ -1297,7 +1297,6 @@ def no_trained_model(out_dir, here):
 def image_files(paths, failed):
     """The files in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); see bad_input."""
     import stat
-
     files = []
     for path in map(Path, paths):
         try:  # what `path` is, following links; a folder's files (hidden ones, a Mac's "._seven.png", left out)
@@ -1320,7 +1319,6 @@ def image_files(paths, failed):
 def open_image(path):
     """Step 1: the image at `path`, upright, 8-bit, at most WORK_SIDE; RunError if it cannot be read."""
     from PIL import Image, ImageOps
-
     if path.suffix.lower() in NOT_READ:
         raise RunError(f"{path}: Pillow cannot read HEIC; save it as JPEG (iPhone: Settings > Camera > Formats > "
                        "Most Compatible)")
@@ -1354,7 +1352,6 @@ def to_mnist(image, notes=None):
     """A Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST's were; None if it
     holds no ink (a blank page). `notes`, a list if given, gets step 7's warnings."""
     from PIL import Image
-
     grey = on_paper(image)  # steps 2 and 3: (H, W) grey levels
     grey.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
     levels = pixels(grey)  # (H, W), 0..255
@@ -1381,7 +1378,6 @@ def to_mnist(image, notes=None):
 def on_paper(image):
     """Steps 2 and 3: a Pillow "L" image, transparent parts filled with the paper's tone."""
     from PIL import Image
-
     if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
         return image.convert("L")
     grey, alpha = image.convert("RGBA").convert("LA").split()
@@ -1435,7 +1431,6 @@ def lines(ink, floor):
 def straightened(ink, floor):
     """Step 6: `ink` (H, W) turned so that rules tilted up to SKEW_DEGREES (a page photographed askew) run level."""
     from PIL import Image
-
     block = -(-max(ink.shape) // SKEW_SIDE)  # found on a copy at most SKEW_SIDE pixels wide: (h, w)
     inked = nn.functional.max_pool2d((ink > floor).float()[None, None], block, ceil_mode=True)[0, 0]
     rows, cols = torch.arange(inked.shape[0])[:, None], torch.arange(inked.shape[1])[None] - inked.shape[1] / 2
@@ -1514,7 +1509,6 @@ def restroke(digit):
 def fit_box(digit):
     """Step 9: the longer side to FIT pixels, aspect ratio kept, anti-aliased; -> (<= 20, <= 20)."""
     from PIL import Image
-
     h, w = digit.shape
     scale = FIT / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # Pillow's (width, height)
@@ -1540,7 +1534,6 @@ def centre_of_mass_at_centre(digit):
 def plot_predict(model, done, path):
     """predict.png: each image as given, the 28x28 the model sees, and its answer after each row."""
     import matplotlib.pyplot as plt
-
     digits = torch.stack([item["digit"] for item in done]).to(next(model.parameters()).device)  # (n, 28, 28)
     # (n, 28 rows, 10): the answer after each row; none with --bidirectional (see reading.png)
     reading = None if model.bidirectional else probs_while_reading(model, digits)
@@ -1590,7 +1583,6 @@ WINDOW_BACKENDS = ("tk", "qt", "gtk", "wx", "macosx", "nbagg", "webagg", "widget
 def draw_digits(args, argv):
     """--draw: a window where the trained model reads what you write with the mouse, row by row."""
     import matplotlib.pyplot as plt  # parse_args has checked that it opens windows (WINDOW_BACKENDS)
-
     model, description = load_trained(args, argv)
     print(f"model: {description}, on cpu")  # one digit at a time: the CPU answers in milliseconds
     pad = DrawPad(plt.figure("lstm_mnist.py --draw", figsize=(11, 5)), model.cpu().eval(), args.out_dir)
@@ -1601,7 +1593,6 @@ def draw_digits(args, argv):
 def strokes_to_mnist(strokes):
     """Strokes (lists of (x, y), y down) -> (the 28x28 the model reads, the Pillow image drawn: white on black)."""
     from PIL import Image, ImageDraw
-
     points = torch.tensor([point for stroke in strokes for point in stroke], dtype=torch.float32)  # (n, 2)
     low, extent = points.amin(dim=0), points.amax(dim=0) - points.amin(dim=0)
     scale = DRAW_SIDE / max(float(extent.max()), 1e-6)  # the longer side -> DRAW_SIDE, whatever it was
@@ -1623,7 +1614,6 @@ class DrawPad:
     def __init__(self, fig, model, out_dir):
         import matplotlib.pyplot as plt
         from matplotlib.widgets import Button
-
         self.fig, self.model, self.out_dir, self.close = fig, model, Path(out_dir), lambda: plt.close(fig)
         self.strokes, self.drawing, self.last = [], False, 0.0  # strokes: lists of points; pad.lines draws them
         # (left, bottom, width, height) in the 11 x 5 inch figure; the pad is square, 4 x 4 inches, y down.
@@ -1722,7 +1712,6 @@ class DrawPad:
 def font_for(text):
     """A matplotlib font with every glyph of `text`: its default, else a CJK one found (NAME_FONTS), else None."""
     from matplotlib import font_manager, ft2font
-
     paths = [font_manager.findfont(font_manager.FontProperties())]
     paths += [font.fname for font in font_manager.fontManager.ttflist if font.name.startswith(NAME_FONTS)]
     for path in paths:
