@@ -1357,12 +1357,10 @@ def to_mnist(image, notes=None):
     levels = pixels(grey)  # (H, W), 0..255
     if float(levels.median()) < 127.5:  # step 4: dark paper, so light ink: made dark on light
         levels = 255 - levels
-    ink = 255 * (1 - levels / paper_light(levels, ramps=False))  # a table at a side is ink...
-    floor = paper_floor(ink)
+    ink, floor = ink_and_floor(levels, ramps=False)  # a table at a side is ink...
     paper = ~lines(ink, floor)[:, None] & ~lines(ink.T, floor)  # (H, W): not in a band along a side
     levels = cropped(levels, paper) if paper.any() else levels  # ...cut off (step 6)
-    ink = 255 * (1 - levels / paper_light(levels))  # step 5: (H, W), the paper ~0, black ink 255
-    floor = paper_floor(ink)  # lighter than this is paper
+    ink, floor = ink_and_floor(levels)  # step 5
     ink = bridged(bridged(straightened(ink, floor), floor).T, floor).T  # step 6: rules level, then rows, columns
     contrast = float(ink.max()) - floor
     if contrast < MIN_CONTRAST:
@@ -1411,11 +1409,12 @@ def paper_light(levels, ramps=True):
     return nn.functional.interpolate(light, size=levels.shape, mode="bilinear")[0, 0].clamp(min=1)
 
 
-def paper_floor(ink):
-    """The level under which `ink` (H, W) is paper: its median plus INK_SIGMAS times its grain."""
+def ink_and_floor(levels, ramps=True):
+    """Step 5: `levels` (H, W) as ink, the paper ~0 and black ink 255, and the level under which ink is paper."""
+    ink = 255 * (1 - levels / paper_light(levels, ramps))  # (H, W)
     paper = float(ink.median())
     # The grain (a std) from the lighter half only, which holds no ink: a Gaussian's quartile is 0.6745 std.
-    return paper + INK_SIGMAS * (paper - float(ink.quantile(0.25))) / 0.6745
+    return ink, paper + INK_SIGMAS * (paper - float(ink.quantile(0.25))) / 0.6745
 
 
 def lines(ink, floor):
