@@ -1092,39 +1092,33 @@ def plot_cells(results, rows, split, path):
 # ===========================================================================
 
 # --- Your own handwriting: --predict -------------------------------------------------
-# Section 8 shows the model one test image; the next thing a learner wants is to write a
-# digit on paper or in Paint and ask the LSTM. A photo resized straight to 28x28 is read
-# at little better than chance, because the model knows only digits made the way MNIST's
-# were. to_mnist() makes them that way, with Pillow (which torchvision brings) and torch:
+# A photo resized straight to 28x28 is read at little better than chance: the model knows only digits made the
+# way MNIST's were. to_mnist() makes them that way, with Pillow (which torchvision brings) and torch:
 #
-#   1. Read small and upright. A JPEG decodes at 1/2 to 1/8 of its size (a 100-megapixel
-#      photo too), 16-bit and float levels become 8-bit ones, and a phone's EXIF tag, which
-#      says how to turn a photo stored sideways, is applied.
-#      大照片縮小讀入；16 位元、浮點影像換成 8 位元；依 EXIF 標記轉正。
-#   2. Transparency onto the paper, never onto black. A drawing app's PNG often has black
-#      ink on a transparent page whose hidden colour is black too: dropping the alpha
-#      leaves black on black. 透明背景要換成紙的顏色，直接丟掉 alpha 會變成全黑。
+#   1. Read small and upright. A JPEG decodes at 1/2 to 1/8 of its size (a 100-megapixel photo too), 16-bit
+#      and float levels become 8-bit ones, and a phone's EXIF tag, which says how to turn a photo stored
+#      sideways, is applied. 大照片縮小讀入；16 位元、浮點影像換成 8 位元；依 EXIF 標記轉正。
+#   2. Transparency onto the paper, never onto black: a drawing app's PNG often has black ink on a transparent
+#      page whose hidden colour is black too. 透明背景要換成紙的顏色，直接丟掉 alpha 會變成全黑。
 #   3. Grey levels. MNIST has one channel; colour says nothing about which digit it is.
 #      MNIST 只有一個灰階通道，顏色不影響是哪個數字。
-#   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark on
-#      light. Judged on the whole image, mostly paper, so neither a big digit nor a dark table
-#      round the page fools it. MNIST 是黑底白字：看整張圖（大多是紙）決定要不要反相。
-#   5. Ink is what is darker than the paper near it: a hand's shadow or a lens's dark corners
-#      dim paper and ink alike, so each pixel is divided by the paper's light there (the image
-#      with its strokes closed over, on coarse blocks). The paper becomes 0; what stands
-#      well above its grain is ink. 除以附近紙的亮度（陰影、暗角消掉）；比紙的雜訊亮很多的才是墨水。
-#   6. Not the digit: rows or columns inked nearly end to end. Thick ones at a side, a table or
-#      the page's edge, are cut off first; thin ones, ruled or grid lines, become paper, with a
-#      stroke across one bridged. 切掉邊上的桌面、紙邊；橫線、格線變成紙，筆畫穿過處補回。
-#   7. Crop to the ink: what is brighter than the paper by a share of the ink's contrast, else
-#      a small digit in a big photo shrinks to a dot. Pieces far apart, a speck, or ink nearly
-#      everywhere get a warning. 裁到墨水的範圍；多塊墨水、小污點、滿版墨水時會警告。
-#   8. Strokes to MNIST's widths: a ballpoint line in a big photo thickened (at 20x20 it would
-#      fade away), a marker's thinned (it would fill the loop of a 9). 細筆加粗，麥克筆變細。
-#   9. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow,
-#      and edges get MNIST's grey levels. 保持長寬比放進 20x20，用 LANCZOS 抗鋸齒縮小。
-#  10. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only
-#      seen digits there. 以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
+#   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark on light. Judged on the
+#      whole image, mostly paper, so neither a big digit nor a dark table round the page fools it.
+#      MNIST 是黑底白字：看整張圖（大多是紙）決定要不要反相。
+#   5. Ink is what is darker than the paper near it: a hand's shadow or a lens's dark corners dim paper and ink
+#      alike, so each pixel is divided by the paper's light there (paper_light): the paper becomes 0, and what
+#      stands well above its grain is ink. 除以附近紙的亮度（陰影、暗角消掉）；比紙的雜訊亮很多的才是墨水。
+#   6. Not the digit: rows or columns inked nearly end to end. Thick ones at a side, a table or the page's edge,
+#      are cut off first; thin ones, ruled or grid lines, become paper, with a stroke across one bridged.
+#      切掉邊上的桌面、紙邊；橫線、格線變成紙，筆畫穿過處補回。
+#   7. Crop to the ink, else a small digit in a big photo shrinks to a dot. Pieces far apart, a speck, or ink
+#      nearly everywhere get a warning. 裁到墨水的範圍；多塊墨水、小污點、滿版墨水時會警告。
+#   8. Strokes to MNIST's widths: a ballpoint line in a big photo thickened (at 20x20 it would fade away), a
+#      marker's thinned (it would fill the loop of a 9). 細筆加粗，麥克筆變細。
+#   9. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow, and edges get
+#      MNIST's grey levels. 保持長寬比放進 20x20，用 LANCZOS 抗鋸齒縮小。
+#  10. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only seen digits there.
+#      以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
 #  11. Values 0..1, as section 2 gives the training images. 數值 0..1，和訓練資料一樣。
 PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")  # in a folder
 NOT_READ = (".heic", ".heif")  # an iPhone's photos: Pillow cannot read them without a plug-in
@@ -1244,7 +1238,6 @@ def no_trained_model(out_dir, here):
 def image_files(paths, failed):
     """The files in `paths`, folders opened (their PREDICT_SUFFIXES files, sorted); see bad_input."""
     import stat
-
     files = []
     for path in map(Path, paths):
         try:  # what `path` is, following links; a folder's files (hidden ones, a Mac's "._seven.png", left out)
@@ -1267,7 +1260,6 @@ def image_files(paths, failed):
 def open_image(path):
     """Step 1: the image at `path`, upright, 8-bit, at most WORK_SIDE; RunError if it cannot be read."""
     from PIL import Image, ImageOps
-
     if path.suffix.lower() in NOT_READ:
         raise RunError(f"{path}: Pillow cannot read HEIC; save it as JPEG (iPhone: Settings > Camera > Formats > "
                        "Most Compatible)")
@@ -1298,23 +1290,18 @@ def open_image(path):
 
 
 def to_mnist(image, notes=None):
-    """A Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST's were.
-
-    None if the image holds no ink (a blank page). `notes`, a list if given, gets step 7's warnings.
-    """
+    """A Pillow image of one handwritten digit -> (28, 28) float32 in [0, 1], made as MNIST's were; None if it
+    holds no ink (a blank page). `notes`, a list if given, gets step 7's warnings."""
     from PIL import Image
-
     grey = on_paper(image)  # steps 2 and 3: (H, W) grey levels
     grey.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
     levels = pixels(grey)  # (H, W), 0..255
     if float(levels.median()) < 127.5:  # step 4: dark paper, so light ink: made dark on light
         levels = 255 - levels
-    ink = 255 * (1 - levels / paper_light(levels, ramps=False))  # a table at a side is ink...
-    floor = paper_floor(ink)
+    ink, floor = ink_and_floor(levels, ramps=False)  # a table at a side is ink...
     paper = ~lines(ink, floor)[:, None] & ~lines(ink.T, floor)  # (H, W): not in a band along a side
     levels = cropped(levels, paper) if paper.any() else levels  # ...cut off (step 6)
-    ink = 255 * (1 - levels / paper_light(levels))  # step 5: (H, W), the paper ~0, black ink 255
-    floor = paper_floor(ink)  # lighter than this is paper
+    ink, floor = ink_and_floor(levels)  # step 5
     ink = bridged(bridged(straightened(ink, floor), floor).T, floor).T  # step 6: rules level, then rows, columns
     contrast = float(ink.max()) - floor
     if contrast < MIN_CONTRAST:
@@ -1330,7 +1317,6 @@ def to_mnist(image, notes=None):
 def on_paper(image):
     """Steps 2 and 3: a Pillow "L" image, transparent parts filled with the paper's tone."""
     from PIL import Image
-
     if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
         return image.convert("L")
     grey, alpha = image.convert("RGBA").convert("LA").split()
@@ -1346,8 +1332,8 @@ def on_paper(image):
 
 
 def pixels(image):
-    """A Pillow "L" image as a float32 tensor (H, W) of levels 0..255."""
-    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    """A Pillow "L" image (levels 0..255) or "F" image (32-bit floats) as a float32 tensor (H, W)."""
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32 if image.mode == "F" else torch.uint8)
     return data.view(image.height, image.width).float()
 
 
@@ -1364,11 +1350,12 @@ def paper_light(levels, ramps=True):
     return nn.functional.interpolate(light, size=levels.shape, mode="bilinear")[0, 0].clamp(min=1)
 
 
-def paper_floor(ink):
-    """The level under which `ink` (H, W) is paper: its median plus INK_SIGMAS times its grain."""
+def ink_and_floor(levels, ramps=True):
+    """Step 5: `levels` (H, W) as ink, the paper ~0 and black ink 255, and the level under which ink is paper."""
+    ink = 255 * (1 - levels / paper_light(levels, ramps))  # (H, W)
     paper = float(ink.median())
     # The grain (a std) from the lighter half only, which holds no ink: a Gaussian's quartile is 0.6745 std.
-    return paper + INK_SIGMAS * (paper - float(ink.quantile(0.25))) / 0.6745
+    return ink, paper + INK_SIGMAS * (paper - float(ink.quantile(0.25))) / 0.6745
 
 
 def lines(ink, floor):
@@ -1384,7 +1371,6 @@ def lines(ink, floor):
 def straightened(ink, floor):
     """Step 6: `ink` (H, W) turned so that rules tilted up to SKEW_DEGREES (a page photographed askew) run level."""
     from PIL import Image
-
     block = -(-max(ink.shape) // SKEW_SIDE)  # found on a copy at most SKEW_SIDE pixels wide: (h, w)
     inked = nn.functional.max_pool2d((ink > floor).float()[None, None], block, ceil_mode=True)[0, 0]
     rows, cols = torch.arange(inked.shape[0])[:, None], torch.arange(inked.shape[1])[None] - inked.shape[1] / 2
@@ -1395,9 +1381,7 @@ def straightened(ink, floor):
     degrees = max(fullest, key=fullest.get)
     if fullest[degrees] < RULE_SHARE * inked.shape[1] or fullest[degrees] <= fullest[0.0]:
         return ink  # no rule, or level already
-    image = Image.frombytes("F", ink.shape[::-1], ink.contiguous().numpy().tobytes())
-    image = image.rotate(-degrees, Image.Resampling.BILINEAR)
-    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(ink.shape)
+    return pixels(Image.fromarray(ink.numpy()).rotate(-degrees, Image.Resampling.BILINEAR))  # via an "F" image
 
 
 def bridged(ink, floor):
@@ -1463,21 +1447,18 @@ def restroke(digit):
 
 
 def fit_box(digit):
-    """Step 8: the longer side to FIT pixels, aspect ratio kept, anti-aliased; -> (<= 20, <= 20)."""
+    """Step 9: the longer side to FIT pixels, aspect ratio kept, anti-aliased; -> (<= 20, <= 20)."""
     from PIL import Image
-
     h, w = digit.shape
     scale = FIT / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # Pillow's (width, height)
-    image = Image.frombytes("F", (w, h), digit.contiguous().numpy().tobytes())  # 32-bit floats
-    image = image.resize(size, Image.Resampling.LANCZOS)
-    small = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(size[1], size[0])
+    small = pixels(Image.fromarray(digit.numpy()).resize(size, Image.Resampling.LANCZOS))  # an "F" image
     small = small.clamp(0, 1)  # LANCZOS overshoots a little at sharp edges
     return small / small.max()  # MNIST's digits all reach 1
 
 
 def centre_of_mass_at_centre(digit):
-    """Steps 9 and 10: the digit (h, w) in 28x28, its centre of mass on (CENTRE, CENTRE)."""
+    """Steps 10 and 11: the digit (h, w) in 28x28, its centre of mass on (CENTRE, CENTRE)."""
     h, w = digit.shape
     mass = digit.sum()
     row = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)  # the centre of mass
@@ -1493,11 +1474,9 @@ def centre_of_mass_at_centre(digit):
 def plot_predict(model, done, path):
     """predict.png: each image as given, the 28x28 the model sees, and its answer after each row."""
     import matplotlib.pyplot as plt
-
-    device = next(model.parameters()).device
-    digits = torch.stack([item["digit"] for item in done])  # (n, 28, 28)
+    digits = torch.stack([item["digit"] for item in done]).to(next(model.parameters()).device)  # (n, 28, 28)
     # (n, 28 rows, 10): the answer after each row; none with --bidirectional (see reading.png)
-    reading = None if model.bidirectional else probs_while_reading(model, digits.to(device))
+    reading = None if model.bidirectional else probs_while_reading(model, digits)
     fig, axes = plt.subplots(len(done), 3, figsize=(6.6, 2.6 * len(done) + 0.8), squeeze=False,
                              layout="constrained",
                              gridspec_kw={"width_ratios": [30, SEQ_LEN, N_CLASS]})
@@ -1528,11 +1507,10 @@ def plot_predict(model, done, path):
 
 
 # --- Your own handwriting, live: --draw ----------------------------------------------
-# Write a digit with the mouse; watch the LSTM read it: the 28x28 it sees and its answer after
-# each row, as you write. 用滑鼠寫一個數字，看 LSTM 一列一列讀它、答案怎麼變。The strokes are kept
-# as points (a canvas shrunk to 28x28 loses thin strokes; its size changes the answer) and drawn
-# MNIST's way: their longer side DRAW_SIDE pixels, a pen that fit_box's shrink to 20x20 leaves
-# DRAW_STROKE wide, centred by mass. 不論寫多大，縮到 20x20 後筆畫都和 MNIST 一樣粗，再以質心置中。
+# Write a digit with the mouse; watch the LSTM read it: the 28x28 it sees and its answer after each row, as you
+# write. 用滑鼠寫一個數字，看 LSTM 一列一列讀它、答案怎麼變。The strokes are kept as points (a canvas shrunk to
+# 28x28 loses thin strokes; its size changes the answer) and drawn MNIST's way, whatever their size: as wide as
+# MNIST's strokes once shrunk to 20x20, centred by mass. 不論寫多大，縮到 20x20 後筆畫都和 MNIST 一樣粗，再以質心置中。
 DRAW_SIDE = 200  # pixels: the strokes' longer side when drawn, before fit_box shrinks them to FIT
 DRAW_STROKE = 2.2  # pen width at 20x20: at half brightness strokes then measure MNIST's median, 1.8 px
 DRAW_PEN = DRAW_STROKE * DRAW_SIDE / (FIT - DRAW_STROKE)  # ~25 px: DRAW_STROKE once the ink box is FIT
@@ -1545,7 +1523,6 @@ WINDOW_BACKENDS = ("tk", "qt", "gtk", "wx", "macosx", "nbagg", "webagg", "widget
 def draw_digits(args, argv):
     """--draw: a window where the trained model reads what you write with the mouse, row by row."""
     import matplotlib.pyplot as plt  # parse_args has checked that it opens windows (WINDOW_BACKENDS)
-
     model, description = load_trained(args, argv)
     print(f"model: {description}, on cpu")  # one digit at a time: the CPU answers in milliseconds
     pad = DrawPad(plt.figure("lstm_mnist.py --draw", figsize=(11, 5)), model.cpu().eval(), args.out_dir)
@@ -1556,7 +1533,6 @@ def draw_digits(args, argv):
 def strokes_to_mnist(strokes):
     """Strokes (lists of (x, y), y down) -> (the 28x28 the model reads, the Pillow image drawn: white on black)."""
     from PIL import Image, ImageDraw
-
     points = torch.tensor([point for stroke in strokes for point in stroke], dtype=torch.float32)  # (n, 2)
     low, extent = points.amin(dim=0), points.amax(dim=0) - points.amin(dim=0)
     scale = DRAW_SIDE / max(float(extent.max()), 1e-6)  # the longer side -> DRAW_SIDE, whatever it was
@@ -1578,9 +1554,8 @@ class DrawPad:
     def __init__(self, fig, model, out_dir):
         import matplotlib.pyplot as plt
         from matplotlib.widgets import Button
-
         self.fig, self.model, self.out_dir, self.close = fig, model, Path(out_dir), lambda: plt.close(fig)
-        self.strokes, self.lines, self.drawing, self.last = [], [], False, 0.0
+        self.strokes, self.drawing, self.last = [], False, 0.0  # strokes: lists of points; pad.lines draws them
         # (left, bottom, width, height) in the 11 x 5 inch figure; the pad is square, 4 x 4 inches, y down.
         self.pad = fig.add_axes((0.02, 0.12, 0.3636, 0.8), xlim=(0, 1), ylim=(1, 0), xticks=[], yticks=[],
                                 title="write a digit here")
@@ -1611,7 +1586,7 @@ class DrawPad:
         if event.button == 1:  # a new stroke: a list of points, and its line on the pad
             self.drawing = True
             self.strokes.append([(event.xdata, event.ydata)])
-            self.lines += self.pad.plot(event.xdata, event.ydata, "k", lw=PAD_LINE, solid_capstyle="round")
+            self.pad.plot(event.xdata, event.ydata, "k", lw=PAD_LINE, solid_capstyle="round")
         elif event.button == 3 and self.strokes:  # the stroke nearest the click
             near = [min(math.dist(point, (event.xdata, event.ydata)) for point in s) for s in self.strokes]
             self.erase(slice(k := near.index(min(near)), k + 1))
@@ -1619,7 +1594,7 @@ class DrawPad:
     def move(self, event):
         if self.drawing and event.inaxes is self.pad:
             self.strokes[-1].append((event.xdata, event.ydata))
-            self.lines[-1].set_data(*zip(*self.strokes[-1]))
+            self.pad.lines[-1].set_data(*zip(*self.strokes[-1]))
             if time.monotonic() - self.last >= LIVE_EVERY:
                 self.update()
             self.fig.canvas.draw_idle()
@@ -1636,9 +1611,9 @@ class DrawPad:
         actions.get(event.key, lambda: None)()
 
     def erase(self, strokes):
-        for line in self.lines[strokes]:
+        for line in self.pad.lines[strokes]:
             line.remove()
-        del self.lines[strokes], self.strokes[strokes]
+        del self.strokes[strokes]
         self.update()
 
     def update(self):
@@ -1652,10 +1627,9 @@ class DrawPad:
         else:  # the answer after the last row is the model's answer: one pass gives both
             self.steps = probs_while_reading(self.model, self.digit[None])[0]  # (28 + K rows, 10)
             self.probs = self.steps[-1]  # (10,)
-        settled = settled_row(self.steps, with_zero_rows(self.digit[None], len(self.steps) - SEQ_LEN)[0])
+        settled = settled_row(self.steps, self.digit) if self.strokes else None  # (--pad-rows' rows hold no ink)
         self.digit_image.set_data(self.digit.numpy())
         self.steps_image.set_data(self.steps.numpy())
-        settled = settled if self.strokes else None
         for line in self.settled:  # from the orange line on, the answer holds (as in reading.png)
             line.set_ydata([math.nan if settled is None else settled + 0.5] * 2)
         pred = int(self.probs.argmax())
@@ -1678,7 +1652,6 @@ class DrawPad:
 def font_for(text):
     """A matplotlib font with every glyph of `text`: its default, else a CJK one found (NAME_FONTS), else None."""
     from matplotlib import font_manager, ft2font
-
     paths = [font_manager.findfont(font_manager.FontProperties())]
     paths += [font.fname for font in font_manager.fontManager.ttflist if font.name.startswith(NAME_FONTS)]
     for path in paths:
