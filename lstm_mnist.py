@@ -1820,9 +1820,7 @@ class Levers:
 
     def train_criterion(self, criterion):
         """The loss to train on: `criterion`, or with --label-smoothing a smoothed one (never used to test)."""
-        if not self.label_smoothing:
-            return criterion
-        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing) if self.label_smoothing else criterion
 
     def step(self, loss):
         """loss.backward() and optimizer.step(), with what --amp, --one-cycle and --ema add around them."""
