@@ -1753,8 +1753,7 @@ def font_for(text):
 # precision. Off by default. Every value here was chosen on a validation split (README).
 # ===========================================================================
 
-# Opt-in, beyond the tutorial's recipe: off by default, so the numbers stay the tutorial's. These
-# are the rest of DEFAULTS (section 1), kept here beside the code that uses them.
+# The rest of DEFAULTS (section 1), kept beside the code that uses them; off, so the numbers stay the tutorial's.
 BEYOND_DEFAULTS = {
     "recipe": "tutorial",  # a preset of the flags below: tutorial, fast or best (RECIPES)
     "val_size": 0,  # hold out this many training images and report on them each epoch
@@ -1801,10 +1800,8 @@ AUGMENT_SCALE = 0.1  # ...and scale it by up to this fraction, each image at ran
 
 
 class Levers:
-    """The opt-in changes to training; `Levers()` is none of them: the tutorial's step. train_one_epoch
-    calls augment(images) before the forward pass, runs it under `autocast` (--amp), and where
-    step_changed calls step(loss) in place of loss.backward() and optimizer.step().
-    """
+    """The opt-in changes to training, which train_one_epoch hooks in (augment, autocast, step);
+    `Levers()` is none of them: the tutorial's step."""
 
     def __init__(self, model=None, optimizer=None, augment=False, precision=None, scheduler=None, ema=None,
                  label_smoothing=0.0):
@@ -1852,10 +1849,8 @@ def make_levers(model, optimizer, args, steps_per_epoch, precision):
 
 
 def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
-    """--one-cycle: the rate warms up to ONE_CYCLE_PEAK * lr, then anneals to ~0 (PyTorch's OneCycleLR:
-    it starts at 1/25 of the peak, rises for the first 30% of the steps, and Adam's beta1 moves the other
-    way, 0.95 -> 0.85 -> 0.95). Warming up lets a 5x higher rate be used; annealing lets the weights settle.
-    """
+    """--one-cycle: PyTorch's OneCycleLR warms the rate up to ONE_CYCLE_PEAK * lr, then anneals it to ~0 (README).
+    Warming up lets a 5x higher rate be used; annealing lets the weights settle."""
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=ONE_CYCLE_PEAK * lr,
                                                total_steps=epochs * steps_per_epoch)
 
@@ -1876,10 +1871,9 @@ def make_ema(model, decay):
 
 
 def open_forget_gates(lstm, forget_bias):
-    """--forget-bias: start with every forget gate more open. A fresh LSTM has f = sigmoid(about 0) = 0.5:
-    it halves its cell state at every row. +1 on the forget gates' bias (the second quarter of each
-    bias_ih, in the order i, f, g, o) starts them at about 0.73, a long-known trick that speeds learning.
-    """
+    """--forget-bias: start every forget gate more open. A fresh LSTM's f = sigmoid(about 0) = 0.5 halves its
+    cell state at every row; +1 on the forget gates' bias (the second quarter of each bias_ih, in the order
+    i, f, g, o) starts f at about 0.73, a long-known trick that speeds learning."""
     hidden = lstm.hidden_size
     with torch.no_grad():
         for name, bias in lstm.named_parameters():
@@ -1888,12 +1882,8 @@ def open_forget_gates(lstm, forget_bias):
 
 
 def random_warp(images):
-    """--augment: every image of the batch shifted, rotated and scaled at random.
-
-    Done on the whole batch at once, on its device, with PyTorch's affine_grid and
-    grid_sample: images (batch, 28, 28) in [0, 1] -> (batch, 28, 28) in [0, 1]. Used in
-    training only; the test set is never warped.
-    """
+    """--augment: every image of the batch shifted, rotated and scaled at random, all at once on its device
+    (affine_grid, grid_sample): (batch, 28, 28) in [0, 1] -> the same. Training only; the test set is never warped."""
     batch = len(images)
     uniform = lambda: torch.rand(batch, device=images.device) * 2 - 1  # noqa: E731 (-1..1 per image)
     angle = uniform() * math.radians(AUGMENT_ROTATE)
