@@ -1899,10 +1899,8 @@ def random_warp(images):
 
 
 # --- --amp: mixed precision, which dtype and whether gradients need scaling -------------
-
-# What --amp means for a run. autocast: a context the forward pass runs in; scaler: a
-# torch.amp.GradScaler, enabled only where something computes in float16; label: the
-# words after the device on the "device:" line; note: one more line to print, or None.
+# autocast: the context the forward pass runs in; scaler: a torch.amp.GradScaler, enabled only where something
+# computes in float16; label: the words after the device on the "device:" line; note: one more line to print, or None.
 Precision = collections.namedtuple("Precision", "autocast scaler label note")
 
 
@@ -1926,14 +1924,11 @@ def amp_context(device, amp):
 
 def cuda_amp(device):
     """--amp on an NVIDIA GPU: bfloat16 where the GPU computes in it (compute capability 8.0 and newer),
-    else float16 (Colab's T4, a V100 only emulate bfloat16), whose narrow range needs the loss scaled.
-    """
+    else float16, whose narrow range needs the loss scaled."""
     dtype = torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     autocast = torch.autocast("cuda", dtype=dtype)
-    # PyTorch's autocast wrapper for cuDNN's RNNs (aten/src/ATen/cudnn/AutocastRNN.cpp,
-    # still so in 2.14.1) casts the LSTM to float16 whatever dtype autocast was asked for.
-    # So ask the device what the LSTM really computes in, and scale the gradients whenever
-    # anything runs in float16.
+    # PyTorch's autocast runs cuDNN's LSTM in float16 whatever dtype it was asked for (README), so ask the device
+    # what the LSTM really computes in, and scale the gradients whenever anything runs in float16.
     lstm_dtype = lstm_dtype_under(autocast, device)
     scaled = torch.float16 in (dtype, lstm_dtype)
     label = (f"autocast {dtype_name(dtype)}" + (" with gradient scaling" if scaled else "")
@@ -1944,8 +1939,7 @@ def cuda_amp(device):
 def cuda_has_native_bf16():
     """True on GPUs with bfloat16 arithmetic; False where bfloat16 is only emulated (T4, V100)."""
     try:
-        # Without the keyword the answer counts emulation, so a T4 or a V100 says yes.
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # without it, emulation counts: a T4 says yes
     except TypeError:  # a torch from before the keyword: ask the compute capability, as it does
         return torch.cuda.get_device_capability()[0] >= 8
 
