@@ -1986,11 +1986,8 @@ def side_trip(args, argv, ctrl_c):
 # --dataset: torchvision's dataset class and the names drawn in the figures.
 DATASETS = {
     "mnist": ("MNIST", [str(digit) for digit in range(10)]),
-    "fashion-mnist": (
-        "FashionMNIST",
-        ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
-         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
-    ),
+    "fashion-mnist": ("FashionMNIST", ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
+                                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
 }
 
 
@@ -2012,10 +2009,7 @@ class BatchIndices(Sampler):
         return min(n_batches, self.max_batches or n_batches)
 
     def __iter__(self):
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=self.generator)
-        else:
-            order = torch.arange(self.n)
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
         yield from order.to(self.device).split(self.batch_size)[: len(self)]
 
 
