@@ -2047,9 +2047,8 @@ def one_line_errors():
         raise SystemExit(130) from None
 
 
-# torch's words for it: "CUDA out of memory" (torch.OutOfMemoryError), "MPS backend out of
-# memory", and the CPU allocator's "can't allocate memory" (Linux, macOS) or "not enough memory"
-# (Windows).
+# torch's words for it: "CUDA out of memory" (torch.OutOfMemoryError), "MPS backend out of memory", and the CPU
+# allocator's "can't allocate memory" (Linux, macOS) or "not enough memory" (Windows).
 OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|not enough memory", re.IGNORECASE)
 
 
@@ -2078,9 +2077,8 @@ def prepare_run(args, device, argv=()):
         use_recorded_model(path, load_checkpoint(path, args), args, typed_keys(argv))
     precision = amp_context(device, args.amp)
     print(f"device: {device}" + (f" ({precision.label})" if precision.label else ""))
-    if args.device == "auto" and device.type == "cpu" and (hint := cuda_hint()):  # a GPU left unused: say why
-        print(hint)
-    for line in [precision.note, *mps_warnings(device, args)]:
+    hint = cuda_hint() if args.device == "auto" and device.type == "cpu" else None  # a GPU left unused: say why
+    for line in [hint, precision.note, *mps_warnings(device, args)]:
         if line:
             print(line)
     print("config: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
@@ -2101,35 +2099,27 @@ def check_out_dir(out_dir):
 
 def mps_warnings(device, args):
     """One line for each known nn.LSTM bug on Apple's GPUs (MPS) this run meets (README: "Apple GPUs")."""
-    lines = []
-    if device.type == "mps" and args.n_layer >= 2 and args.dropout > 0:
-        lines.append("warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
-                     "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0")
-    return lines
+    if device.type != "mps" or args.n_layer < 2 or args.dropout <= 0:
+        return []
+    return ["warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
+            "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0"]
 
 
 # --- A CPU-only PyTorch on a machine with an NVIDIA GPU ---------------------------------
-# The PyPI wheels of torch for Windows are CPU-only, so `pip install -r requirements.txt`
-# there gives a torch that cannot use an NVIDIA GPU, and the run quietly takes 30 epochs
-# on the CPU. When --device auto comes out as cpu, prepare_run prints this one line.
-
-# Files that the Linux NVIDIA driver creates; nvidia-smi on the PATH is the sign elsewhere.
-NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0")
+# The PyPI wheels of torch for Windows are CPU-only: `pip install -r requirements.txt` there gives a torch that
+# cannot use the GPU, and the run quietly takes 30 epochs on the CPU. prepare_run prints why in one line.
+NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0")  # Linux's; elsewhere nvidia-smi on the PATH
 
 
 def cuda_hint(driver_files=NVIDIA_DRIVER_FILES):
     """Why a machine with an NVIDIA GPU trains on the CPU, in one line; None where there is no sign of one.
-    Cheap checks only: nvidia-smi on the PATH or the Linux driver's files, and torch.version.cuda.
-    """
+    Cheap checks only: nvidia-smi on the PATH or the Linux driver's files, and torch.version.cuda."""
     import shutil  # only this check needs it
-
-    if torch.cuda.is_available():
-        return None
     try:
         has_gpu = shutil.which("nvidia-smi") is not None or any(os.path.exists(f) for f in driver_files)
     except (OSError, ValueError):  # an unreadable PATH entry: no hint rather than a traceback
-        return None
-    if not has_gpu:
+        has_gpu = False
+    if torch.cuda.is_available() or not has_gpu:
         return None
     if torch.version.cuda is None:
         return (f"note: this machine has an NVIDIA GPU, but this PyTorch ({torch.__version__}) is a CPU-only build; "
