@@ -2165,13 +2165,11 @@ def ensure_raw_files(data_dir, class_name, train):
         try:
             getattr(datasets, class_name)(data_dir, train=train, download=True)  # fetches all four files
         except Exception as err:  # no network, a read-only folder, a server error
-            # torchvision lists each mirror it tried; the last line holds the actual error.
-            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise RunError(f"{class_name} files missing in {raw_folder} and the download failed ({reason}); "
+            # torchvision lists each mirror it tried: last_line holds the actual error.
+            raise RunError(f"{class_name} files missing in {raw_folder} and the download failed ({last_line(err)}); "
                            f"put {', '.join(all_files)} there (uncompressed) or pass --data-dir") from None
-    images_file, labels_file = (raw_folder / name for name in SPLIT_FILES[train])
-    check_idx_file(images_file, 3)
-    check_idx_file(labels_file, 1)
+    for name, n_dims in zip(SPLIT_FILES[train], (3, 1)):  # the images, then the labels
+        check_idx_file(raw_folder / name, n_dims)
 
 
 def check_idx_file(path, n_dims):
