@@ -2158,7 +2158,6 @@ SPLIT_FILES = {
 def ensure_raw_files(data_dir, class_name, train):
     """Download the four raw files if any is missing, then check the two of this split."""
     from torchvision import datasets
-
     raw_folder = Path(data_dir) / class_name / "raw"
     all_files = SPLIT_FILES[True] + SPLIT_FILES[False]
     if not all((raw_folder / name).is_file() for name in all_files):
@@ -2198,7 +2197,6 @@ def check_labels(data, data_dir, class_name, train):
     instead); raise RunError unless each image has a class label.
     """
     from torchvision.datasets.mnist import read_image_file, read_label_file
-
     images_file, labels_file = (Path(data_dir) / class_name / "raw" / name for name in SPLIT_FILES[train])
     if os.path.exists(data.processed_folder):
         data.data, data.targets = read_image_file(str(images_file)), read_label_file(str(labels_file))
