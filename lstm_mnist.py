@@ -1821,9 +1821,8 @@ class Levers:
 
     def step(self, loss):
         """loss.backward() and optimizer.step(), with what --amp, --one-cycle and --ema add around them."""
-        # float16 --amp (GPUs): gradients below ~6e-8 would round to zero, so backward() runs on
-        # the loss scaled up (65536 at first) and the step divides the gradients by the same
-        # factor. Everywhere else the scaler is off: scale(loss) is loss, step() is optimizer.step().
+        # float16 --amp (GPUs): gradients below ~6e-8 would round to zero, so backward() runs on the loss scaled up
+        # and the step divides them back. Elsewhere the scaler is off: scale(loss) is loss, step() is optimizer.step().
         self.scaler.scale(loss).backward()
         if self.scheduler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
@@ -1858,8 +1857,7 @@ def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
 def make_ema(model, decay):
     """--ema: a copy of the model whose weights follow ema = d * ema + (1 - d) * weights after every step,
     an average over the last ~1 / (1 - d) steps that smooths out the noise of single batches. d warms up
-    as min(decay, (1 + n) / (10 + n)) after n updates, or the average would stay near the random start.
-    """
+    as min(decay, (1 + n) / (10 + n)) after n updates, or the average would stay near the random start."""
     from torch.optim.swa_utils import AveragedModel
 
     def update(averages, weights, n_averaged):  # lists of tensors; n_averaged: a tensor on the device
@@ -2037,8 +2035,7 @@ def one_line_errors():
     try:
         yield ctrl_c
     except (RunError, OSError, RuntimeError) as err:
-        line = one_line(err)
-        if line is None:
+        if (line := one_line(err)) is None:
             raise
         print(f"lstm_mnist.py: error: {line}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -2082,19 +2079,14 @@ def prepare_run(args, device, argv=()):
         if line:
             print(line)
     print("config: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
-    check_out_dir(args.out_dir)
-    keep_cpu_buffers()
-    return precision
-
-
-def check_out_dir(out_dir):
-    """Fail now, not after 30 epochs, if the checkpoint and figures cannot be written."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
+    try:  # fail now, not after 30 epochs, if the checkpoint and figures cannot be written
+        os.makedirs(args.out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out_dir):
             pass
     except OSError as err:
-        raise RunError(f"cannot write to --out-dir {out_dir}: {err.strerror or err}") from None
+        raise RunError(f"cannot write to --out-dir {args.out_dir}: {err.strerror or err}") from None
+    keep_cpu_buffers()
+    return precision
 
 
 def mps_warnings(device, args):
@@ -2136,13 +2128,11 @@ def keep_cpu_buffers():
     """Stop glibc returning the LSTM's work buffers (several MB per step) to the OS after every step,
     which makes each step pay again for fresh pages (README has the profile). Linux with glibc only.
     """
-    if not sys.platform.startswith("linux"):
-        return
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: 32 MiB, the most glibc allows
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB of free heap
-    except (OSError, AttributeError):  # another C library (musl): leave it as it is
+    except (OSError, AttributeError):  # not Linux, or another C library (musl): leave it as it is
         pass
 
 
