@@ -1910,10 +1910,9 @@ def amp_context(device, amp):
     if device.type == "cuda":
         return cuda_amp(device)
     if device.type == "cpu" and cpu_has("_is_avx512_bf16_supported"):
-        note = None
-        if not cpu_has("_is_amx_tile_supported"):  # README: slower on one such Xeon, faster on one EPYC
-            note = ("--amp: this CPU has bfloat16 instructions but no AMX units; whether bfloat16 trains "
-                    "faster than float32 here is not known: time an epoch of each")
+        note = None if cpu_has("_is_amx_tile_supported") else (  # README: slower on one such Xeon, faster on one EPYC
+            "--amp: this CPU has bfloat16 instructions but no AMX units; whether bfloat16 trains "
+            "faster than float32 here is not known: time an epoch of each")
         # bfloat16 keeps float32's exponent range, so gradients need no scaling.
         return Precision(torch.autocast("cpu", dtype=torch.bfloat16), no_scaling, "bfloat16 autocast", note)
     return Precision(contextlib.nullcontext(), no_scaling, None,
@@ -1961,10 +1960,9 @@ def cpu_has(probe):
 
 # ===========================================================================
 # Part 5. Plumbing a learner may skip (雜務：可以跳過)
-# For whoever maintains the script: the flags that run something else than the tutorial's
-# run, the fast loader, input checks, the run folder and its recorded state, safe writes,
-# resume and interrupts, CPU tuning, the command line. Nothing above depends on how these
-# work, only on what their docstrings promise.
+# For whoever maintains the script: the other flags' runs (side_trip), the fast loader, input
+# checks, the run folder and its record, safe writes, resume and interrupts, CPU tuning, the
+# command line. Nothing above depends on how these work, only on what their docstrings promise.
 # ===========================================================================
 
 def side_trip(args, argv, ctrl_c):
@@ -2016,8 +2014,7 @@ def make_loader(images, labels, batch_size, shuffle, generator=None, max_batches
     the device: each batch is one indexing operation instead of batch_size calls to ToTensor.
     """
     sampler = BatchIndices(len(images), batch_size, shuffle, generator, images.device, max_batches)
-    # batch_size=None: the sampler already yields whole batches of indices, and
-    # TensorDataset's __getitem__ indexes images and labels with each of them at once.
+    # batch_size=None: the sampler yields whole batches of indices; TensorDataset indexes images and labels with each.
     return DataLoader(TensorDataset(images, labels), batch_size=None, sampler=sampler)
 
 
