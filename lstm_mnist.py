@@ -1667,8 +1667,7 @@ def font_for(text):
 # precision. Off by default. Every value here was chosen on a validation split (README).
 # ===========================================================================
 
-# Opt-in, beyond the tutorial's recipe: off by default, so the numbers stay the tutorial's. These
-# are the rest of DEFAULTS (section 1), kept here beside the code that uses them.
+# The rest of DEFAULTS (section 1), kept beside the code that uses them; off, so the numbers stay the tutorial's.
 BEYOND_DEFAULTS = {
     "recipe": "tutorial",  # a preset of the flags below: tutorial, fast or best (RECIPES)
     "val_size": 0,  # hold out this many training images and report on them each epoch
@@ -1715,10 +1714,8 @@ AUGMENT_SCALE = 0.1  # ...and scale it by up to this fraction, each image at ran
 
 
 class Levers:
-    """The opt-in changes to training; `Levers()` is none of them: the tutorial's step. train_one_epoch
-    calls augment(images) before the forward pass, runs it under `autocast` (--amp), and where
-    step_changed calls step(loss) in place of loss.backward() and optimizer.step().
-    """
+    """The opt-in changes to training, which train_one_epoch hooks in (augment, autocast, step);
+    `Levers()` is none of them: the tutorial's step."""
 
     def __init__(self, model=None, optimizer=None, augment=False, precision=None, scheduler=None, ema=None,
                  label_smoothing=0.0):
@@ -1734,15 +1731,12 @@ class Levers:
 
     def train_criterion(self, criterion):
         """The loss to train on: `criterion`, or with --label-smoothing a smoothed one (never used to test)."""
-        if not self.label_smoothing:
-            return criterion
-        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing) if self.label_smoothing else criterion
 
     def step(self, loss):
         """loss.backward() and optimizer.step(), with what --amp, --one-cycle and --ema add around them."""
-        # float16 --amp (GPUs): gradients below ~6e-8 would round to zero, so backward() runs on
-        # the loss scaled up (65536 at first) and the step divides the gradients by the same
-        # factor. Everywhere else the scaler is off: scale(loss) is loss, step() is optimizer.step().
+        # float16 --amp (GPUs): gradients below ~6e-8 would round to zero, so backward() runs on the loss scaled up
+        # and the step divides them back. Elsewhere the scaler is off: scale(loss) is loss, step() is optimizer.step().
         self.scaler.scale(loss).backward()
         if self.scheduler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
@@ -1768,10 +1762,8 @@ def make_levers(model, optimizer, args, steps_per_epoch, precision):
 
 
 def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
-    """--one-cycle: the rate warms up to ONE_CYCLE_PEAK * lr, then anneals to ~0 (PyTorch's OneCycleLR:
-    it starts at 1/25 of the peak, rises for the first 30% of the steps, and Adam's beta1 moves the other
-    way, 0.95 -> 0.85 -> 0.95). Warming up lets a 5x higher rate be used; annealing lets the weights settle.
-    """
+    """--one-cycle: PyTorch's OneCycleLR warms the rate up to ONE_CYCLE_PEAK * lr, then anneals it to ~0 (README).
+    Warming up lets a 5x higher rate be used; annealing lets the weights settle."""
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=ONE_CYCLE_PEAK * lr,
                                                total_steps=epochs * steps_per_epoch)
 
@@ -1779,8 +1771,7 @@ def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
 def make_ema(model, decay):
     """--ema: a copy of the model whose weights follow ema = d * ema + (1 - d) * weights after every step,
     an average over the last ~1 / (1 - d) steps that smooths out the noise of single batches. d warms up
-    as min(decay, (1 + n) / (10 + n)) after n updates, or the average would stay near the random start.
-    """
+    as min(decay, (1 + n) / (10 + n)) after n updates, or the average would stay near the random start."""
     from torch.optim.swa_utils import AveragedModel
 
     def update(averages, weights, n_averaged):  # lists of tensors; n_averaged: a tensor on the device
@@ -1792,10 +1783,9 @@ def make_ema(model, decay):
 
 
 def open_forget_gates(lstm, forget_bias):
-    """--forget-bias: start with every forget gate more open. A fresh LSTM has f = sigmoid(about 0) = 0.5:
-    it halves its cell state at every row. +1 on the forget gates' bias (the second quarter of each
-    bias_ih, in the order i, f, g, o) starts them at about 0.73, a long-known trick that speeds learning.
-    """
+    """--forget-bias: start every forget gate more open. A fresh LSTM's f = sigmoid(about 0) = 0.5 halves its
+    cell state at every row; +1 on the forget gates' bias (the second quarter of each bias_ih, in the order
+    i, f, g, o) starts f at about 0.73, a long-known trick that speeds learning."""
     hidden = lstm.hidden_size
     with torch.no_grad():
         for name, bias in lstm.named_parameters():
@@ -1804,12 +1794,8 @@ def open_forget_gates(lstm, forget_bias):
 
 
 def random_warp(images):
-    """--augment: every image of the batch shifted, rotated and scaled at random.
-
-    Done on the whole batch at once, on its device, with PyTorch's affine_grid and
-    grid_sample: images (batch, 28, 28) in [0, 1] -> (batch, 28, 28) in [0, 1]. Used in
-    training only; the test set is never warped.
-    """
+    """--augment: every image of the batch shifted, rotated and scaled at random, all at once on its device
+    (affine_grid, grid_sample): (batch, 28, 28) in [0, 1] -> the same. Training only; the test set is never warped."""
     batch = len(images)
     uniform = lambda: torch.rand(batch, device=images.device) * 2 - 1  # noqa: E731 (-1..1 per image)
     angle = uniform() * math.radians(AUGMENT_ROTATE)
@@ -1825,10 +1811,8 @@ def random_warp(images):
 
 
 # --- --amp: mixed precision, which dtype and whether gradients need scaling -------------
-
-# What --amp means for a run. autocast: a context the forward pass runs in; scaler: a
-# torch.amp.GradScaler, enabled only where something computes in float16; label: the
-# words after the device on the "device:" line; note: one more line to print, or None.
+# autocast: the context the forward pass runs in; scaler: a torch.amp.GradScaler, enabled only where something
+# computes in float16; label: the words after the device on the "device:" line; note: one more line to print, or None.
 Precision = collections.namedtuple("Precision", "autocast scaler label note")
 
 
@@ -1840,10 +1824,9 @@ def amp_context(device, amp):
     if device.type == "cuda":
         return cuda_amp(device)
     if device.type == "cpu" and cpu_has("_is_avx512_bf16_supported"):
-        note = None
-        if not cpu_has("_is_amx_tile_supported"):  # README: slower on one such Xeon, faster on one EPYC
-            note = ("--amp: this CPU has bfloat16 instructions but no AMX units; whether bfloat16 trains "
-                    "faster than float32 here is not known: time an epoch of each")
+        note = None if cpu_has("_is_amx_tile_supported") else (  # README: slower on one such Xeon, faster on one EPYC
+            "--amp: this CPU has bfloat16 instructions but no AMX units; whether bfloat16 trains "
+            "faster than float32 here is not known: time an epoch of each")
         # bfloat16 keeps float32's exponent range, so gradients need no scaling.
         return Precision(torch.autocast("cpu", dtype=torch.bfloat16), no_scaling, "bfloat16 autocast", note)
     return Precision(contextlib.nullcontext(), no_scaling, None,
@@ -1852,14 +1835,11 @@ def amp_context(device, amp):
 
 def cuda_amp(device):
     """--amp on an NVIDIA GPU: bfloat16 where the GPU computes in it (compute capability 8.0 and newer),
-    else float16 (Colab's T4, a V100 only emulate bfloat16), whose narrow range needs the loss scaled.
-    """
+    else float16, whose narrow range needs the loss scaled."""
     dtype = torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     autocast = torch.autocast("cuda", dtype=dtype)
-    # PyTorch's autocast wrapper for cuDNN's RNNs (aten/src/ATen/cudnn/AutocastRNN.cpp,
-    # still so in 2.14.1) casts the LSTM to float16 whatever dtype autocast was asked for.
-    # So ask the device what the LSTM really computes in, and scale the gradients whenever
-    # anything runs in float16.
+    # PyTorch's autocast runs cuDNN's LSTM in float16 whatever dtype it was asked for (README), so ask the device
+    # what the LSTM really computes in, and scale the gradients whenever anything runs in float16.
     lstm_dtype = lstm_dtype_under(autocast, device)
     scaled = torch.float16 in (dtype, lstm_dtype)
     label = (f"autocast {dtype_name(dtype)}" + (" with gradient scaling" if scaled else "")
@@ -1870,8 +1850,7 @@ def cuda_amp(device):
 def cuda_has_native_bf16():
     """True on GPUs with bfloat16 arithmetic; False where bfloat16 is only emulated (T4, V100)."""
     try:
-        # Without the keyword the answer counts emulation, so a T4 or a V100 says yes.
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # without it, emulation counts: a T4 says yes
     except TypeError:  # a torch from before the keyword: ask the compute capability, as it does
         return torch.cuda.get_device_capability()[0] >= 8
 
@@ -1895,10 +1874,9 @@ def cpu_has(probe):
 
 # ===========================================================================
 # Part 5. Plumbing a learner may skip (雜務：可以跳過)
-# For whoever maintains the script: the flags that run something else than the tutorial's
-# run, the fast loader, input checks, the run folder and its recorded state, safe writes,
-# resume and interrupts, CPU tuning, the command line. Nothing above depends on how these
-# work, only on what their docstrings promise.
+# For whoever maintains the script: the other flags' runs (side_trip), the fast loader, input
+# checks, the run folder and its record, safe writes, resume and interrupts, CPU tuning, the
+# command line. Nothing above depends on how these work, only on what their docstrings promise.
 # ===========================================================================
 
 def side_trip(args, argv, ctrl_c):
@@ -1918,11 +1896,8 @@ def side_trip(args, argv, ctrl_c):
 # --dataset: torchvision's dataset class and the names drawn in the figures.
 DATASETS = {
     "mnist": ("MNIST", [str(digit) for digit in range(10)]),
-    "fashion-mnist": (
-        "FashionMNIST",
-        ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
-         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
-    ),
+    "fashion-mnist": ("FashionMNIST", ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
+                                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
 }
 
 
@@ -1944,10 +1919,7 @@ class BatchIndices(Sampler):
         return min(n_batches, self.max_batches or n_batches)
 
     def __iter__(self):
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=self.generator)
-        else:
-            order = torch.arange(self.n)
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
         yield from order.to(self.device).split(self.batch_size)[: len(self)]
 
 
@@ -1956,8 +1928,7 @@ def make_loader(images, labels, batch_size, shuffle, generator=None, max_batches
     the device: each batch is one indexing operation instead of batch_size calls to ToTensor.
     """
     sampler = BatchIndices(len(images), batch_size, shuffle, generator, images.device, max_batches)
-    # batch_size=None: the sampler already yields whole batches of indices, and
-    # TensorDataset's __getitem__ indexes images and labels with each of them at once.
+    # batch_size=None: the sampler yields whole batches of indices; TensorDataset indexes images and labels with each.
     return DataLoader(TensorDataset(images, labels), batch_size=None, sampler=sampler)
 
 
@@ -1975,8 +1946,7 @@ def one_line_errors():
     try:
         yield ctrl_c
     except (RunError, OSError, RuntimeError) as err:
-        line = one_line(err)
-        if line is None:
+        if (line := one_line(err)) is None:
             raise
         print(f"lstm_mnist.py: error: {line}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -1985,9 +1955,8 @@ def one_line_errors():
         raise SystemExit(130) from None
 
 
-# torch's words for it: "CUDA out of memory" (torch.OutOfMemoryError), "MPS backend out of
-# memory", and the CPU allocator's "can't allocate memory" (Linux, macOS) or "not enough memory"
-# (Windows).
+# torch's words for it: "CUDA out of memory" (torch.OutOfMemoryError), "MPS backend out of memory", and the CPU
+# allocator's "can't allocate memory" (Linux, macOS) or "not enough memory" (Windows).
 OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|not enough memory", re.IGNORECASE)
 
 
@@ -2016,58 +1985,44 @@ def prepare_run(args, device, argv=()):
         use_recorded_model(path, load_checkpoint(path, args), args, typed_keys(argv))
     precision = amp_context(device, args.amp)
     print(f"device: {device}" + (f" ({precision.label})" if precision.label else ""))
-    if args.device == "auto" and device.type == "cpu" and (hint := cuda_hint()):  # a GPU left unused: say why
-        print(hint)
-    for line in [precision.note, *mps_warnings(device, args)]:
+    hint = cuda_hint() if args.device == "auto" and device.type == "cpu" else None  # a GPU left unused: say why
+    for line in [hint, precision.note, *mps_warnings(device, args)]:
         if line:
             print(line)
     print("config: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
-    check_out_dir(args.out_dir)
+    try:  # fail now, not after 30 epochs, if the checkpoint and figures cannot be written
+        os.makedirs(args.out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out_dir):
+            pass
+    except OSError as err:
+        raise RunError(f"cannot write to --out-dir {args.out_dir}: {err.strerror or err}") from None
     keep_cpu_buffers()
     return precision
 
 
-def check_out_dir(out_dir):
-    """Fail now, not after 30 epochs, if the checkpoint and figures cannot be written."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as err:
-        raise RunError(f"cannot write to --out-dir {out_dir}: {err.strerror or err}") from None
-
-
 def mps_warnings(device, args):
     """One line for each known nn.LSTM bug on Apple's GPUs (MPS) this run meets (README: "Apple GPUs")."""
-    lines = []
-    if device.type == "mps" and args.n_layer >= 2 and args.dropout > 0:
-        lines.append("warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
-                     "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0")
-    return lines
+    if device.type != "mps" or args.n_layer < 2 or args.dropout <= 0:
+        return []
+    return ["warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
+            "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0"]
 
 
 # --- A CPU-only PyTorch on a machine with an NVIDIA GPU ---------------------------------
-# The PyPI wheels of torch for Windows are CPU-only, so `pip install -r requirements.txt`
-# there gives a torch that cannot use an NVIDIA GPU, and the run quietly takes 30 epochs
-# on the CPU. When --device auto comes out as cpu, prepare_run prints this one line.
-
-# Files that the Linux NVIDIA driver creates; nvidia-smi on the PATH is the sign elsewhere.
-NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0")
+# The PyPI wheels of torch for Windows are CPU-only: `pip install -r requirements.txt` there gives a torch that
+# cannot use the GPU, and the run quietly takes 30 epochs on the CPU. prepare_run prints why in one line.
+NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0")  # Linux's; elsewhere nvidia-smi on the PATH
 
 
 def cuda_hint(driver_files=NVIDIA_DRIVER_FILES):
     """Why a machine with an NVIDIA GPU trains on the CPU, in one line; None where there is no sign of one.
-    Cheap checks only: nvidia-smi on the PATH or the Linux driver's files, and torch.version.cuda.
-    """
+    Cheap checks only: nvidia-smi on the PATH or the Linux driver's files, and torch.version.cuda."""
     import shutil  # only this check needs it
-
-    if torch.cuda.is_available():
-        return None
     try:
         has_gpu = shutil.which("nvidia-smi") is not None or any(os.path.exists(f) for f in driver_files)
     except (OSError, ValueError):  # an unreadable PATH entry: no hint rather than a traceback
-        return None
-    if not has_gpu:
+        has_gpu = False
+    if torch.cuda.is_available() or not has_gpu:
         return None
     if torch.version.cuda is None:
         return (f"note: this machine has an NVIDIA GPU, but this PyTorch ({torch.__version__}) is a CPU-only build; "
@@ -2084,13 +2039,11 @@ def keep_cpu_buffers():
     """Stop glibc returning the LSTM's work buffers (several MB per step) to the OS after every step,
     which makes each step pay again for fresh pages (README has the profile). Linux with glibc only.
     """
-    if not sys.platform.startswith("linux"):
-        return
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: 32 MiB, the most glibc allows
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB of free heap
-    except (OSError, AttributeError):  # another C library (musl): leave it as it is
+    except (OSError, AttributeError):  # not Linux, or another C library (musl): leave it as it is
         pass
 
 
@@ -2106,20 +2059,17 @@ SPLIT_FILES = {
 def ensure_raw_files(data_dir, class_name, train):
     """Download the four raw files if any is missing, then check the two of this split."""
     from torchvision import datasets
-
     raw_folder = Path(data_dir) / class_name / "raw"
     all_files = SPLIT_FILES[True] + SPLIT_FILES[False]
     if not all((raw_folder / name).is_file() for name in all_files):
         try:
             getattr(datasets, class_name)(data_dir, train=train, download=True)  # fetches all four files
         except Exception as err:  # no network, a read-only folder, a server error
-            # torchvision lists each mirror it tried; the last line holds the actual error.
-            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise RunError(f"{class_name} files missing in {raw_folder} and the download failed ({reason}); "
+            # torchvision lists each mirror it tried: last_line holds the actual error.
+            raise RunError(f"{class_name} files missing in {raw_folder} and the download failed ({last_line(err)}); "
                            f"put {', '.join(all_files)} there (uncompressed) or pass --data-dir") from None
-    images_file, labels_file = (raw_folder / name for name in SPLIT_FILES[train])
-    check_idx_file(images_file, 3)
-    check_idx_file(labels_file, 1)
+    for name, n_dims in zip(SPLIT_FILES[train], (3, 1)):  # the images, then the labels
+        check_idx_file(raw_folder / name, n_dims)
 
 
 def check_idx_file(path, n_dims):
@@ -2148,7 +2098,6 @@ def check_labels(data, data_dir, class_name, train):
     instead); raise RunError unless each image has a class label.
     """
     from torchvision.datasets.mnist import read_image_file, read_label_file
-
     images_file, labels_file = (Path(data_dir) / class_name / "raw" / name for name in SPLIT_FILES[train])
     if os.path.exists(data.processed_folder):
         data.data, data.targets = read_image_file(str(images_file)), read_label_file(str(labels_file))
