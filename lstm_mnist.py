@@ -2535,17 +2535,9 @@ def load_checkpoint(path, args, checkpoint=None):
 
 def use_recorded_model(path, checkpoint, args, typed):
     """Set args' model flags to those `checkpoint` records; a model flag typed otherwise is refused."""
-    parser = build_parser()
-    for key in MODEL_FLAGS:
-        saved, flag = checkpoint["hparams"][key], flag_of(key)
-        if type(saved) is not type(parser.get_default(key)):  # 128 and "128": we never write that
-            raise RunError(f"{path} is damaged: it records {key} as {saved!r}, a {type(saved).__name__}; "
-                           f"train again")
-        if key in typed and getattr(args, key) != saved:
-            raise RunError(f"{path} was trained with {key}={saved}, this run asks for {key}={getattr(args, key)} "
-                           f"({flag}); leave {flag} out (the model is read from {path.name}) or pass "
-                           f"{as_flag(flag, saved, args)}")
-        setattr(args, key, saved)
+    refuse_changes(path, checkpoint["hparams"], args, MODEL_FLAGS,
+                   "leave {flag} out (the model is read from {name}) or pass ", typed)
+    vars(args).update((key, checkpoint["hparams"][key]) for key in MODEL_FLAGS)
 
 
 def read_weights_only(path):
@@ -2599,21 +2591,18 @@ def layout_problem(checkpoint):
     return None
 
 
-def refuse_changes(path, saved, args, keys, advice):
-    """Raise RunError naming the first of `keys` whose value differs from the checkpoint's, and the value to pass."""
+def refuse_changes(path, saved, args, keys, advice, typed=None):
+    """Raise RunError naming the first of `keys` whose value differs from the record `saved`, and the value
+    to pass. With `typed` (the model flags): only a typed flag must agree, and a value of another type is damage."""
     for key in keys:
-        flag = flag_of(key)
-        if saved.get(key) != getattr(args, key):
-            if str(saved.get(key)) == str(getattr(args, key)):  # 128 and "128": we never write that
-                raise RunError(f"{path} is damaged: it records {key} as {saved.get(key)!r}, "
-                               f"a {type(saved.get(key)).__name__}; train again")
-            raise RunError(f"{path} was trained with {key}={saved.get(key)}, this run asks for "
-                           f"{key}={getattr(args, key)} ({flag}); {advice}: {as_flag(flag, saved.get(key), args)}")
-
-
-def flag_of(key):
-    """The command-line flag that sets args.`key`: --hidden-dim, --no-bias, ..."""
-    return next(action.option_strings[0] for action in build_parser()._actions if action.dest == key)
+        value, asked = saved.get(key), getattr(args, key)
+        if type(value) is not type(asked) and (typed is not None or str(value) == str(asked)):
+            raise RunError(f"{path} is damaged: it records {key} as {value!r}, a {type(value).__name__}; "
+                           f"train again")  # 128 and "128": we never write that
+        if value != asked and (typed is None or key in typed):
+            flag = next(action.option_strings[0] for action in build_parser()._actions if action.dest == key)
+            raise RunError(f"{path} was trained with {key}={value}, this run asks for {key}={asked} ({flag}); "
+                           f"{advice.format(flag=flag, name=path.name)}{as_flag(flag, value, args)}")
 
 
 def as_flag(flag, value, args):
@@ -2665,7 +2654,7 @@ def restore(run, args):
         return
     saved = checkpoint["settings"]
     # A resumed run repeats the original only with the same course: refuse before anything is written.
-    refuse_changes(path, saved, args, RESUME_FLAGS, "resume with the flags it was trained with")
+    refuse_changes(path, saved, args, RESUME_FLAGS, "resume with the flags it was trained with: ")
     if args.one_cycle and saved["epochs"] != args.epochs:
         raise RunError(f"{path} follows a one-cycle schedule planned for {saved['epochs']} epochs; "
                        f"resume with --epochs {saved['epochs']}")
