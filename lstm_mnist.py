@@ -2492,7 +2492,6 @@ def write_failure(err, path):
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     import shutil
-
     if shutil.disk_usage(Path(path).parent).free < 64 << 20:
         return os.strerror(28)  # "No space left on device"
     try:
@@ -2705,7 +2704,6 @@ def interrupt_message(epochs_done, path, argv):
 def shell_command(argv):
     """The command that runs this script with `argv` from any folder, quoted for this system."""
     import subprocess  # only for Windows' quoting
-
     words = [sys.executable or "python", str(Path(__file__).resolve()), *argv]
     return subprocess.list2cmdline(words) if sys.platform == "win32" else shlex.join(words)
 
@@ -2717,7 +2715,6 @@ class HelpFormatter(argparse.HelpFormatter):
     def _split_lines(self, text, width):
         """Wrap help text without breaking a flag such as --label-smoothing at its hyphen."""
         import textwrap
-
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
@@ -2834,11 +2831,8 @@ def build_parser():
 
 def recipe_flags(name):
     """The flags a --recipe stands for, as a user would type them."""
-    flags = []
-    for key, value in RECIPES[name].items():
-        flag = "--" + key.replace("_", "-")
-        flags.append(flag if value is True else f"{flag} {value:g}")
-    return " ".join(flags)
+    return " ".join("--" + key.replace("_", "-") + ("" if value is True else f" {value:g}")
+                    for key, value in RECIPES[name].items())
 
 
 def command_line(argv):
@@ -2859,12 +2853,8 @@ def is_kernel_command_line(argv):
     if argv and Path(argv[0]).name.endswith("kernel_launcher.py"):  # ipykernel_launcher.py, colab_kernel_launcher.py
         return True
     # Other launchers still hand the kernel its connection file: `-f x.json` or `--f=x.json`.
-    for flag, value in zip(argv[1:], [*argv[2:], ""]):
-        if flag in ("-f", "--f") and value.endswith(".json"):
-            return True
-        if flag.startswith(("-f=", "--f=")) and flag.endswith(".json"):
-            return True
-    return False
+    words = [f"{word}={after}" if word in ("-f", "--f") else word for word, after in zip(argv[1:], [*argv[2:], ""])]
+    return any(word.startswith(("-f=", "--f=")) and word.endswith(".json") for word in words)
 
 
 # What --draw refuses besides the other side trips: the flags that only training reads.
@@ -2885,10 +2875,9 @@ def parse_args(argv=None):
     if args.dropout > 0 and args.n_layer == 1:
         parser.error("argument --dropout: needs --n-layer 2 or more (nn.LSTM applies dropout "
                      "between layers, so with one layer it would do nothing)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("argument --device: cuda is not available on this machine; use auto or cpu")
-    if args.device == "mps" and not torch.backends.mps.is_available():
-        parser.error("argument --device: mps is not available on this machine; use auto or cpu")
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if args.device in available and not available[args.device]():
+        parser.error(f"argument --device: {args.device} is not available on this machine; use auto or cpu")
     if args.forget_bias and not args.bias:
         if RECIPES[args.recipe].get("forget_bias") == args.forget_bias:  # the recipe's, not typed
             parser.error(f"argument --no-bias: --recipe {args.recipe} opens the forget gates with --forget-bias "
@@ -2918,7 +2907,6 @@ def parse_args(argv=None):
             parser.error(f"argument --draw: not allowed with --{given[0].replace('_', '-')} (--draw trains nothing: "
                          f"it reads the model in --out-dir)")
         import matplotlib.pyplot as plt  # which picks the backend: Agg where there is no display
-
         if not (backend := plt.get_backend().lower()).startswith(WINDOW_BACKENDS):
             parser.error(f"argument --draw: needs a window for the mouse, but matplotlib's backend here is {backend} "
                          "(no display, or a notebook's inline plots); in Jupyter: pip install ipympl, then %matplotlib "
