@@ -2377,22 +2377,19 @@ def read_pair(out_dir, kind="current"):
     """What one pair of files in `out_dir` records: a dict of the two paths, the checkpoint's
     `record` (None if absent, {} if unreadable), `paired` (RNN.pth holds its weights) and `finished`."""
     checkpoint, weights = (Path(out_dir) / name for name in PAIRS[kind])
-    record = None
-    if checkpoint.is_file():
-        try:
-            record = read_weights_only(checkpoint)
-        except RunError:  # damaged or not ours: kept all the same, never called a pair
-            record = {}
-        record = record if isinstance(record, dict) else {}
+    try:
+        record = read_weights_only(checkpoint) if checkpoint.is_file() else None
+    except RunError:  # damaged or not ours: kept all the same, never called a pair
+        record = {}
+    record = record if isinstance(record, (dict, type(None))) else {}
     try:  # RNN.pth pairs with checkpoint.pt when it holds exactly the tensors the record holds
-        saved, model = read_weights_only(weights) if weights.is_file() else None, record.get("model") if record else None
+        saved, model = read_weights_only(weights) if weights.is_file() else None, (record or {}).get("model")
         paired = isinstance(saved, dict) and isinstance(model, dict) and saved.keys() == model.keys() and all(
             torch.equal(saved[key], model[key]) for key in saved)
     except RunError:  # unreadable weights pair with nothing
         paired = False
-    finished = paired and run_record(record)["finished"]
     return {"checkpoint": checkpoint, "weights": weights, "record": record, "paired": paired,
-            "finished": finished}
+            "finished": paired and run_record(record)["finished"]}
 
 
 def run_record(record):
@@ -2601,16 +2598,15 @@ def refuse_changes(path, saved, args, keys, advice, typed=None):
         if value != asked and (typed is None or key in typed):
             flag = next(action.option_strings[0] for action in build_parser()._actions if action.dest == key)
             raise RunError(f"{path} was trained with {key}={value}, this run asks for {key}={asked} ({flag}); "
-                           f"{advice.format(flag=flag, name=path.name)}{as_flag(flag, value, args)}")
+                           f"{advice.format(flag=flag, name=path.name)}{as_flag(key, flag, value, args)}")
 
 
-def as_flag(flag, value, args):
+def as_flag(key, flag, value, args):
     """How to ask for `value` on the command line: '--lr 0.001', '--augment', 'no --max-batches'."""
     if flag.startswith("--no-"):  # --no-bias asks for bias=False; bias=True is the flag left out
         return flag if value is False else f"no {flag}"
     if value is None or value is False:
-        name = flag.removeprefix("--").replace("-", "_")
-        also = f" (and no --recipe {args.recipe}, which sets it)" if RECIPES[args.recipe].get(name) else ""
+        also = f" (and no --recipe {args.recipe}, which sets it)" if RECIPES[args.recipe].get(key) else ""
         return f"no {flag}{also}"
     return flag if value is True else f"{flag} {value}"
 
@@ -2729,12 +2725,11 @@ def checked(convert, is_valid, expected):
 
     def parse(text):
         try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not is_valid(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
+            if is_valid(value := convert(text)):
+                return value
+        except ValueError:  # not a number at all
+            pass
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
 
     return parse
 
