@@ -2249,8 +2249,7 @@ def check_labels(data, data_dir, class_name, train):
 
 CHECKPOINT_NAME = "checkpoint.pt"  # in --out-dir, rewritten after every epoch, for --resume
 CHECKPOINT_FORMAT = "lstm_mnist checkpoint v2"  # tells our checkpoints from other files; raised with the layout
-# The model flags, listed once: a checkpoint records them, and a reload or resume rebuilds
-# exactly that model. Their defaults are in DEFAULTS and CELL_DEFAULTS, their flags in the parser.
+# The model flags, listed once: a checkpoint records them, and a reload or resume rebuilds exactly that model.
 MODEL_FLAGS = ("hidden_dim", "n_layer", "dropout", "bidirectional", "bias", "batch_first", "cell", "pad_rows")
 # The training flags the course of a run depends on: --resume must be given the same ones, or it
 # would not repeat the run. (Not the recipe's name, the seed or --forget-bias: the checkpoint holds
@@ -2268,16 +2267,13 @@ def checkpoint_path(out_dir):
 
 
 class RunState:
-    """Everything a run carries from epoch to epoch, saved whole as checkpoint.pt: the model, the
-    optimizer, the levers, the data order's generator, the epoch, the history and the record of the
-    flags. state_dict() is the checkpoint's layout, written here only; load_state_dict() reads it back.
-    """
+    """Everything a run carries from epoch to epoch, saved whole as checkpoint.pt: state_dict() is the
+    checkpoint's layout (CHECKPOINT_LAYOUT checks it on reading), load_state_dict() reads it back."""
 
     def __init__(self, model, optimizer, levers, loaders, args):
         self.model, self.optimizer, self.levers, self.generator = model, optimizer, levers, loaders["generator"]
         self.hparams, self.dataset, self.out_dir = model_hparams(args), args.dataset, args.out_dir
-        # What the run's course depends on (RESUME_FLAGS, the steps per epoch), and for the record
-        # what it does not: the recipe's name, the seed (the random state is saved), the forget bias.
+        # What the run's course depends on (RESUME_FLAGS, the steps per epoch), and for the record what it does not.
         self.settings = {key: getattr(args, key) for key in [*RESUME_FLAGS, "epochs", "seed", "recipe", "forget_bias"]}
         self.settings["steps_per_epoch"] = len(loaders["train"])
         self.epoch, self.history = 0, []  # epochs done, and one dict of results per epoch
@@ -2318,8 +2314,7 @@ class RunState:
             "scheduler": scheduler.state_dict() if scheduler else None,
             "scaler": self.levers.scaler.state_dict(),  # float16 --amp's loss scale ({} when off)
             "rng": random_state(self.generator, self.device),  # what the next epoch draws from: a resume repeats it
-            # The run folder's record: whose file this is, and whether that run has trained every
-            # epoch it was asked for (RNN.pth follows; read_pair checks that it did).
+            # The run folder's record (see PAIRS); RNN.pth follows a finished one, read_pair checks that it did.
             "run": {"id": self.run_id, "finished": self.epoch >= self.settings["epochs"]},
         }
 
@@ -2345,8 +2340,7 @@ class RunState:
 def save_checkpoint(run, out_dir):
     """checkpoint.pt in `out_dir`: the whole run state, safe against Ctrl-C mid-save; returns the path."""
     path = checkpoint_path(out_dir)
-    # The first save of a run replaces what the folder held: keep_earlier_run decides what to keep,
-    # once the new file is complete and just before it takes checkpoint.pt's name.
+    # A run's first save: keep_earlier_run deals with what the folder held once the new file is complete.
     with atomic_file(path, before_replace=None if run.kept else lambda: keep_earlier_run(run)) as f:
         torch.save(run.state_dict(), f)
     run.kept, run.saved_epoch = True, run.epoch
