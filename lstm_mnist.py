@@ -2514,8 +2514,7 @@ def load_checkpoint(path, args, checkpoint=None):
     if checkpoint["format"] != CHECKPOINT_FORMAT:
         raise RunError(f"{path} was written by another version of lstm_mnist.py ({checkpoint['format']}; this one "
                        f"reads {CHECKPOINT_FORMAT}); train again, or use the version that wrote it")
-    problem = layout_problem(checkpoint)
-    if problem:
+    if problem := layout_problem(checkpoint):
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py, or it is damaged: {problem}")
     if checkpoint["dataset"] != args.dataset:
         raise RunError(f"{path} was trained on {checkpoint['dataset']}, not {args.dataset}; "
@@ -2540,8 +2539,7 @@ def read_weights_only(path):
         raise
     except Exception as err:
         # The weights-only unpickler names the Python object it refused as a "GLOBAL".
-        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if refused:
+        if refused := re.search(r"GLOBAL ([\w.]+)", str(err)):
             raise RunError(f"{path} refused: it asks for the Python object {refused.group(1)}, which "
                            f"could run code; load only checkpoints this script wrote") from None
         raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
