@@ -2112,8 +2112,7 @@ def check_labels(data, data_dir, class_name, train):
 
 CHECKPOINT_NAME = "checkpoint.pt"  # in --out-dir, rewritten after every epoch, for --resume
 CHECKPOINT_FORMAT = "lstm_mnist checkpoint v2"  # tells our checkpoints from other files; raised with the layout
-# The model flags, listed once: a checkpoint records them, and a reload or resume rebuilds
-# exactly that model. Their defaults are in DEFAULTS and CELL_DEFAULTS, their flags in the parser.
+# The model flags, listed once: a checkpoint records them, and a reload or resume rebuilds exactly that model.
 MODEL_FLAGS = ("hidden_dim", "n_layer", "dropout", "bidirectional", "bias", "batch_first", "cell", "pad_rows")
 # The training flags the course of a run depends on: --resume must be given the same ones, or it
 # would not repeat the run. (Not the recipe's name, the seed or --forget-bias: the checkpoint holds
@@ -2131,16 +2130,13 @@ def checkpoint_path(out_dir):
 
 
 class RunState:
-    """Everything a run carries from epoch to epoch, saved whole as checkpoint.pt: the model, the
-    optimizer, the levers, the data order's generator, the epoch, the history and the record of the
-    flags. state_dict() is the checkpoint's layout, written here only; load_state_dict() reads it back.
-    """
+    """Everything a run carries from epoch to epoch, saved whole as checkpoint.pt: state_dict() is the
+    checkpoint's layout (CHECKPOINT_LAYOUT checks it on reading), load_state_dict() reads it back."""
 
     def __init__(self, model, optimizer, levers, loaders, args):
         self.model, self.optimizer, self.levers, self.generator = model, optimizer, levers, loaders["generator"]
         self.hparams, self.dataset, self.out_dir = model_hparams(args), args.dataset, args.out_dir
-        # What the run's course depends on (RESUME_FLAGS, the steps per epoch), and for the record
-        # what it does not: the recipe's name, the seed (the random state is saved), the forget bias.
+        # What the run's course depends on (RESUME_FLAGS, the steps per epoch), and for the record what it does not.
         self.settings = {key: getattr(args, key) for key in [*RESUME_FLAGS, "epochs", "seed", "recipe", "forget_bias"]}
         self.settings["steps_per_epoch"] = len(loaders["train"])
         self.epoch, self.history = 0, []  # epochs done, and one dict of results per epoch
@@ -2181,8 +2177,7 @@ class RunState:
             "scheduler": scheduler.state_dict() if scheduler else None,
             "scaler": self.levers.scaler.state_dict(),  # float16 --amp's loss scale ({} when off)
             "rng": random_state(self.generator, self.device),  # what the next epoch draws from: a resume repeats it
-            # The run folder's record: whose file this is, and whether that run has trained every
-            # epoch it was asked for (RNN.pth follows; read_pair checks that it did).
+            # The run folder's record (see PAIRS); RNN.pth follows a finished one, read_pair checks that it did.
             "run": {"id": self.run_id, "finished": self.epoch >= self.settings["epochs"]},
         }
 
@@ -2208,8 +2203,7 @@ class RunState:
 def save_checkpoint(run, out_dir):
     """checkpoint.pt in `out_dir`: the whole run state, safe against Ctrl-C mid-save; returns the path."""
     path = checkpoint_path(out_dir)
-    # The first save of a run replaces what the folder held: keep_earlier_run decides what to keep,
-    # once the new file is complete and just before it takes checkpoint.pt's name.
+    # A run's first save: keep_earlier_run deals with what the folder held once the new file is complete.
     with atomic_file(path, before_replace=None if run.kept else lambda: keep_earlier_run(run)) as f:
         torch.save(run.state_dict(), f)
     run.kept, run.saved_epoch = True, run.epoch
@@ -2240,22 +2234,19 @@ def read_pair(out_dir, kind="current"):
     """What one pair of files in `out_dir` records: a dict of the two paths, the checkpoint's
     `record` (None if absent, {} if unreadable), `paired` (RNN.pth holds its weights) and `finished`."""
     checkpoint, weights = (Path(out_dir) / name for name in PAIRS[kind])
-    record = None
-    if checkpoint.is_file():
-        try:
-            record = read_weights_only(checkpoint)
-        except RunError:  # damaged or not ours: kept all the same, never called a pair
-            record = {}
-        record = record if isinstance(record, dict) else {}
+    try:
+        record = read_weights_only(checkpoint) if checkpoint.is_file() else None
+    except RunError:  # damaged or not ours: kept all the same, never called a pair
+        record = {}
+    record = record if isinstance(record, (dict, type(None))) else {}
     try:  # RNN.pth pairs with checkpoint.pt when it holds exactly the tensors the record holds
-        saved, model = read_weights_only(weights) if weights.is_file() else None, record.get("model") if record else None
+        saved, model = read_weights_only(weights) if weights.is_file() else None, (record or {}).get("model")
         paired = isinstance(saved, dict) and isinstance(model, dict) and saved.keys() == model.keys() and all(
             torch.equal(saved[key], model[key]) for key in saved)
     except RunError:  # unreadable weights pair with nothing
         paired = False
-    finished = paired and run_record(record)["finished"]
     return {"checkpoint": checkpoint, "weights": weights, "record": record, "paired": paired,
-            "finished": finished}
+            "finished": paired and run_record(record)["finished"]}
 
 
 def run_record(record):
@@ -2355,7 +2346,6 @@ def write_failure(err, path):
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     import shutil
-
     if shutil.disk_usage(Path(path).parent).free < 64 << 20:
         return os.strerror(28)  # "No space left on device"
     try:
@@ -2387,8 +2377,7 @@ def load_checkpoint(path, args, checkpoint=None):
     if checkpoint["format"] != CHECKPOINT_FORMAT:
         raise RunError(f"{path} was written by another version of lstm_mnist.py ({checkpoint['format']}; this one "
                        f"reads {CHECKPOINT_FORMAT}); train again, or use the version that wrote it")
-    problem = layout_problem(checkpoint)
-    if problem:
+    if problem := layout_problem(checkpoint):
         raise RunError(f"{path} is not a checkpoint written by lstm_mnist.py, or it is damaged: {problem}")
     if checkpoint["dataset"] != args.dataset:
         raise RunError(f"{path} was trained on {checkpoint['dataset']}, not {args.dataset}; "
@@ -2398,17 +2387,9 @@ def load_checkpoint(path, args, checkpoint=None):
 
 def use_recorded_model(path, checkpoint, args, typed):
     """Set args' model flags to those `checkpoint` records; a model flag typed otherwise is refused."""
-    parser = build_parser()
-    for key in MODEL_FLAGS:
-        saved, flag = checkpoint["hparams"][key], flag_of(key)
-        if type(saved) is not type(parser.get_default(key)):  # 128 and "128": we never write that
-            raise RunError(f"{path} is damaged: it records {key} as {saved!r}, a {type(saved).__name__}; "
-                           f"train again")
-        if key in typed and getattr(args, key) != saved:
-            raise RunError(f"{path} was trained with {key}={saved}, this run asks for {key}={getattr(args, key)} "
-                           f"({flag}); leave {flag} out (the model is read from {path.name}) or pass "
-                           f"{as_flag(flag, saved, args)}")
-        setattr(args, key, saved)
+    refuse_changes(path, checkpoint["hparams"], args, MODEL_FLAGS,
+                   "leave {flag} out (the model is read from {name}) or pass ", typed)
+    vars(args).update((key, checkpoint["hparams"][key]) for key in MODEL_FLAGS)
 
 
 def read_weights_only(path):
@@ -2421,8 +2402,7 @@ def read_weights_only(path):
         raise
     except Exception as err:
         # The weights-only unpickler names the Python object it refused as a "GLOBAL".
-        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if refused:
+        if refused := re.search(r"GLOBAL ([\w.]+)", str(err)):
             raise RunError(f"{path} refused: it asks for the Python object {refused.group(1)}, which "
                            f"could run code; load only checkpoints this script wrote") from None
         raise RunError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file)") from None
@@ -2462,30 +2442,26 @@ def layout_problem(checkpoint):
     return None
 
 
-def refuse_changes(path, saved, args, keys, advice):
-    """Raise RunError naming the first of `keys` whose value differs from the checkpoint's, and the value to pass."""
+def refuse_changes(path, saved, args, keys, advice, typed=None):
+    """Raise RunError naming the first of `keys` whose value differs from the record `saved`, and the value
+    to pass. With `typed` (the model flags): only a typed flag must agree, and a value of another type is damage."""
     for key in keys:
-        flag = flag_of(key)
-        if saved.get(key) != getattr(args, key):
-            if str(saved.get(key)) == str(getattr(args, key)):  # 128 and "128": we never write that
-                raise RunError(f"{path} is damaged: it records {key} as {saved.get(key)!r}, "
-                               f"a {type(saved.get(key)).__name__}; train again")
-            raise RunError(f"{path} was trained with {key}={saved.get(key)}, this run asks for "
-                           f"{key}={getattr(args, key)} ({flag}); {advice}: {as_flag(flag, saved.get(key), args)}")
+        value, asked = saved.get(key), getattr(args, key)
+        if type(value) is not type(asked) and (typed is not None or str(value) == str(asked)):
+            raise RunError(f"{path} is damaged: it records {key} as {value!r}, a {type(value).__name__}; "
+                           f"train again")  # 128 and "128": we never write that
+        if value != asked and (typed is None or key in typed):
+            flag = next(action.option_strings[0] for action in build_parser()._actions if action.dest == key)
+            raise RunError(f"{path} was trained with {key}={value}, this run asks for {key}={asked} ({flag}); "
+                           f"{advice.format(flag=flag, name=path.name)}{as_flag(key, flag, value, args)}")
 
 
-def flag_of(key):
-    """The command-line flag that sets args.`key`: --hidden-dim, --no-bias, ..."""
-    return next(action.option_strings[0] for action in build_parser()._actions if action.dest == key)
-
-
-def as_flag(flag, value, args):
+def as_flag(key, flag, value, args):
     """How to ask for `value` on the command line: '--lr 0.001', '--augment', 'no --max-batches'."""
     if flag.startswith("--no-"):  # --no-bias asks for bias=False; bias=True is the flag left out
         return flag if value is False else f"no {flag}"
     if value is None or value is False:
-        name = flag.removeprefix("--").replace("-", "_")
-        also = f" (and no --recipe {args.recipe}, which sets it)" if RECIPES[args.recipe].get(name) else ""
+        also = f" (and no --recipe {args.recipe}, which sets it)" if RECIPES[args.recipe].get(key) else ""
         return f"no {flag}{also}"
     return flag if value is True else f"{flag} {value}"
 
@@ -2528,7 +2504,7 @@ def restore(run, args):
         return
     saved = checkpoint["settings"]
     # A resumed run repeats the original only with the same course: refuse before anything is written.
-    refuse_changes(path, saved, args, RESUME_FLAGS, "resume with the flags it was trained with")
+    refuse_changes(path, saved, args, RESUME_FLAGS, "resume with the flags it was trained with: ")
     if args.one_cycle and saved["epochs"] != args.epochs:
         raise RunError(f"{path} follows a one-cycle schedule planned for {saved['epochs']} epochs; "
                        f"resume with --epochs {saved['epochs']}")
@@ -2579,7 +2555,6 @@ def interrupt_message(epochs_done, path, argv):
 def shell_command(argv):
     """The command that runs this script with `argv` from any folder, quoted for this system."""
     import subprocess  # only for Windows' quoting
-
     words = [sys.executable or "python", str(Path(__file__).resolve()), *argv]
     return subprocess.list2cmdline(words) if sys.platform == "win32" else shlex.join(words)
 
@@ -2591,7 +2566,6 @@ class HelpFormatter(argparse.HelpFormatter):
     def _split_lines(self, text, width):
         """Wrap help text without breaking a flag such as --label-smoothing at its hyphen."""
         import textwrap
-
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
@@ -2606,12 +2580,11 @@ def checked(convert, is_valid, expected):
 
     def parse(text):
         try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not is_valid(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
+            if is_valid(value := convert(text)):
+                return value
+        except ValueError:  # not a number at all
+            pass
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
 
     return parse
 
@@ -2708,11 +2681,8 @@ def build_parser():
 
 def recipe_flags(name):
     """The flags a --recipe stands for, as a user would type them."""
-    flags = []
-    for key, value in RECIPES[name].items():
-        flag = "--" + key.replace("_", "-")
-        flags.append(flag if value is True else f"{flag} {value:g}")
-    return " ".join(flags)
+    return " ".join("--" + key.replace("_", "-") + ("" if value is True else f" {value:g}")
+                    for key, value in RECIPES[name].items())
 
 
 def command_line(argv):
@@ -2733,12 +2703,8 @@ def is_kernel_command_line(argv):
     if argv and Path(argv[0]).name.endswith("kernel_launcher.py"):  # ipykernel_launcher.py, colab_kernel_launcher.py
         return True
     # Other launchers still hand the kernel its connection file: `-f x.json` or `--f=x.json`.
-    for flag, value in zip(argv[1:], [*argv[2:], ""]):
-        if flag in ("-f", "--f") and value.endswith(".json"):
-            return True
-        if flag.startswith(("-f=", "--f=")) and flag.endswith(".json"):
-            return True
-    return False
+    words = [f"{word}={after}" if word in ("-f", "--f") else word for word, after in zip(argv[1:], [*argv[2:], ""])]
+    return any(word.startswith(("-f=", "--f=")) and word.endswith(".json") for word in words)
 
 
 # What --draw refuses besides the other side trips: the flags that only training reads.
@@ -2759,10 +2725,9 @@ def parse_args(argv=None):
     if args.dropout > 0 and args.n_layer == 1:
         parser.error("argument --dropout: needs --n-layer 2 or more (nn.LSTM applies dropout "
                      "between layers, so with one layer it would do nothing)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("argument --device: cuda is not available on this machine; use auto or cpu")
-    if args.device == "mps" and not torch.backends.mps.is_available():
-        parser.error("argument --device: mps is not available on this machine; use auto or cpu")
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if args.device in available and not available[args.device]():
+        parser.error(f"argument --device: {args.device} is not available on this machine; use auto or cpu")
     if args.forget_bias and not args.bias:
         if RECIPES[args.recipe].get("forget_bias") == args.forget_bias:  # the recipe's, not typed
             parser.error(f"argument --no-bias: --recipe {args.recipe} opens the forget gates with --forget-bias "
@@ -2792,7 +2757,6 @@ def parse_args(argv=None):
             parser.error(f"argument --draw: not allowed with --{given[0].replace('_', '-')} (--draw trains nothing: "
                          f"it reads the model in --out-dir)")
         import matplotlib.pyplot as plt  # which picks the backend: Agg where there is no display
-
         if not (backend := plt.get_backend().lower()).startswith(WINDOW_BACKENDS):
             parser.error(f"argument --draw: needs a window for the mouse, but matplotlib's backend here is {backend} "
                          "(no display, or a notebook's inline plots); in Jupyter: pip install ipympl, then %matplotlib "
