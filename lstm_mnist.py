@@ -421,10 +421,8 @@ def show_shapes(hparams, batch_size):
     h_0 = torch.zeros(lstm.num_layers * num_directions, batch_size, lstm.hidden_size)
     c_0 = torch.zeros_like(h_0) if is_lstm else None  # only an LSTM has a cell state c; a GRU's state is h alone
     with torch.no_grad():
-        if is_lstm:
-            output, (h_n, c_n) = lstm(inputs, (h_0, c_0))
-        else:
-            (output, h_n), c_n = lstm(inputs, h_0), None  # nn.GRU and nn.RNN return (output, h_n)
+        output, state_n = lstm(inputs, (h_0, c_0) if is_lstm else h_0)
+        h_n, c_n = state_n if is_lstm else (state_n, None)  # nn.GRU and nn.RNN return (output, h_n)
         logits = model(images)
     seq_layout = "(batch, seq_len, {})" if lstm.batch_first else "(seq_len, batch, {})"
     state = "(num_layers * num_directions, batch, hidden_size)"
