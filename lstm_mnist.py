@@ -1164,8 +1164,7 @@ def predict_images(args, argv):
         except RunError as err:
             bad_input(str(err), failed)
             continue
-        with torch.inference_mode():
-            probs = model(digit.unsqueeze(0).to(device)).float().softmax(dim=1)[0].cpu()  # (10,)
+        probs = predict(model, [(digit[None].to(device), None)])[0]  # (10,): a loader of one batch
         print(answer_line(path, probs) + "".join(f"; warning: {note}" for note in notes))
         given.thumbnail((SHOWN_SIDE, SHOWN_SIDE))  # only this small copy is kept, for predict.png
         done.append({"path": path, "given": given, "digit": digit, "probs": probs, "pred": int(probs.argmax())})
@@ -1619,9 +1618,8 @@ class DrawPad:
         self.last = time.monotonic()
         blank = torch.zeros(SEQ_LEN, IN_DIM), None  # before the first stroke, and after Clear
         self.digit, self.image = strokes_to_mnist(self.strokes) if self.strokes else blank  # (28, 28), Pillow
-        if self.model.bidirectional:  # no reading row by row: the answer alone
-            with torch.inference_mode():
-                self.probs = self.model(self.digit[None]).softmax(dim=1)[0]  # (10,), as --predict reads it
+        if self.model.bidirectional:  # no reading row by row: the answer alone, as --predict reads it
+            self.probs = predict(self.model, [(self.digit[None], None)])[0]  # (10,)
         else:  # the answer after the last row is the model's answer: one pass gives both
             self.steps = probs_while_reading(self.model, self.digit[None])[0]  # (28 + K rows, 10)
             self.probs = self.steps[-1]  # (10,)
