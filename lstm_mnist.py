@@ -980,9 +980,8 @@ def compare_cells(args, argv, ctrl_c):
           f"{', seeds ' + ' '.join(map(str, seeds)) if len(seeds) > 1 else ''}), {epochs_of({'epoch': args.epochs})}"
           f" each; about {training_minutes(args, device) * len(seeds):.0f} min on "
           f"this {device.type.upper()} (a few steps timed)")
-    images, labels = load_split(args.data_dir, args.dataset, train=False)  # for the memory curves
-    if args.max_batches:  # the test images the runs test on (load_data's slice)
-        images, labels = images[: args.max_batches * args.batch_size], labels[: args.max_batches * args.batch_size]
+    n_test = args.max_batches * args.batch_size if args.max_batches else None  # as load_data slices the test set
+    images, labels = (split[:n_test].to(device) for split in load_split(args.data_dir, args.dataset, train=False))
     results = {cell: [] for cell in CELLS}
     for k, (seed, cell) in enumerate(plan, 1):
         out_dir = Path(args.out_dir) / (cell if len(seeds) == 1 else f"{cell}-seed{seed}")
@@ -993,7 +992,7 @@ def compare_cells(args, argv, ctrl_c):
                                           "resume": args.resume and checkpoint_path(out_dir).is_file()})
         result = run_tutorial(cell_args, argv, ctrl_c)
         if seed == seeds[0]:  # cells.png draws the first seed's memory curves
-            result["memory"] = memory_curves(result["model"], images.to(device), labels.to(device))
+            result["memory"] = memory_curves(result["model"], images, labels)
         results[cell].append(result)
     split = "val" if args.val_size else "test"  # the set each epoch was measured on
     rows = [cells_row(cell, runs, split) for cell, runs in results.items()]
