@@ -1097,8 +1097,7 @@ def plot_cells(results, rows, split, path):
 #      sideways, is applied. 大照片縮小讀入；16 位元、浮點影像換成 8 位元；依 EXIF 標記轉正。
 #   2. Transparency onto the paper, never onto black: a drawing app's PNG often has black ink on a transparent
 #      page whose hidden colour is black too. 透明背景要換成紙的顏色，直接丟掉 alpha 會變成全黑。
-#   3. Grey levels. MNIST has one channel; colour says nothing about which digit it is.
-#      MNIST 只有一個灰階通道，顏色不影響是哪個數字。
+#   3. Grey levels: MNIST's one channel; colour is no clue to the digit. MNIST 只有一個灰階通道，顏色不影響是哪個數字。
 #   4. Light ink on black. MNIST's digits are white (1) on black (0); a pen writes dark on light. Judged on the
 #      whole image, mostly paper, so neither a big digit nor a dark table round the page fools it.
 #      MNIST 是黑底白字：看整張圖（大多是紙）決定要不要反相。
@@ -1114,8 +1113,7 @@ def plot_cells(results, rows, split, path):
 #      marker's thinned (it would fill the loop of a 9). 細筆加粗，麥克筆變細。
 #   9. Fit into 20x20 keeping the aspect ratio, anti-aliased (LANCZOS): a 1 stays narrow, and edges get
 #      MNIST's grey levels. 保持長寬比放進 20x20，用 LANCZOS 抗鋸齒縮小。
-#  10. Centre of mass at the centre of 28x28, as MNIST placed its digits: the LSTM has only seen digits there.
-#      以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
+#  10. Centre of mass at the centre of 28x28, where MNIST put it. 以質心（不是外框）對齊 28x28 的中心，和 MNIST 一樣。
 #  11. Values 0..1, as section 2 gives the training images. 數值 0..1，和訓練資料一樣。
 PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")  # in a folder
 NOT_READ = (".heic", ".heif")  # an iPhone's photos: Pillow cannot read them without a plug-in
