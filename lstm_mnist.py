@@ -751,7 +751,7 @@ def draw_more_figures(model, test_loader, history, class_names, paths, show=Fals
     probs = predict(model, test_loader)  # (N, n_class): the whole test set, once, in batches
     plot_predictions(model, images, labels, class_names, paths["predictions"])
     plot_curves(history, paths["curves"])
-    plot_memory(model, test_loader, paths["memory"])  # "Why an LSTM", Part 2
+    plot_memory(model, images, labels, paths["memory"])  # "Why an LSTM", Part 2
     if isinstance(recurrent_layer(model), nn.LSTM):
         plot_gates(model, images[0], int(labels[0]), class_names, paths["gates"])
     else:  # --cell gru / rnn: lstm_by_hand computes an LSTM's gates, which these cells do not have
@@ -943,10 +943,9 @@ def draw_memory(ax, lines, ylabel):
     ax.grid(alpha=0.3, which="both")
 
 
-def plot_memory(model, test_loader, path):
+def plot_memory(model, images, labels, path):
     """memory.png: how much the true class's score depends on each row, trained and untrained."""
     import matplotlib.pyplot as plt
-    images, labels = test_loader.dataset.tensors
     curves = memory_curves(model, images, labels)
     name = type(recurrent_layer(model)).__name__
     n_images = min(MEMORY_IMAGES, len(images))

@@ -298,10 +298,9 @@ def test_the_memory_caption_says_what_low_means_under_bidirectional(monkeypatch,
     titles = []
     monkeypatch.setattr(lstm_mnist, "save_figure", lambda fig, path: titles.append(fig.axes[0].get_title()))
     images, labels = tiny_images(8)
-    loader = lstm_mnist.make_loader(images, labels, lstm_mnist.EVAL_BATCH_SIZE, False)
     for bidirectional in (False, True):
         model = lstm_mnist.build_model(hparams(hidden_dim=8, bidirectional=bidirectional))
-        lstm_mnist.plot_memory(model, loader, tmp_path / "memory.png")
+        lstm_mnist.plot_memory(model, images, labels, tmp_path / "memory.png")
     assert "Low on the early rows = forgotten" in titles[0]
     assert "forgotten" not in titles[1] and "in the middle" in titles[1]
 
