@@ -964,8 +964,6 @@ def plot_memory(model, images, labels, path):
 
 
 # --- --compare-cells: the three cells, one after another, with the same flags ----------
-
-
 PROBE_STEPS, PROBE_SECONDS = 5, 2  # --compare-cells times up to 5 steps (2 s) of each cell for its estimate...
 FIGURE_SECONDS = 20  # ...and adds this for each run's final test and figures (memory.png: about 8 s)
 
