@@ -1714,17 +1714,21 @@ AUGMENT_SCALE = 0.1  # ...and scale it by up to this fraction, each image at ran
 
 
 class Levers:
-    """The opt-in changes to training, which train_one_epoch hooks in (augment, autocast, step);
-    `Levers()` is none of them: the tutorial's step."""
+    """The opt-in changes to training that `args` ask for, which train_one_epoch hooks in (augment, autocast,
+    step); `Levers()`, or the tutorial's flags, is none of them: the tutorial's step (and --amp's autocast)."""
 
-    def __init__(self, model=None, optimizer=None, augment=False, precision=None, scheduler=None, ema=None,
-                 label_smoothing=0.0):
-        self.model, self.optimizer, self.warp = model, optimizer, augment
+    def __init__(self, model=None, optimizer=None, args=None, steps_per_epoch=None, precision=None):
+        args = args or argparse.Namespace(**BEYOND_DEFAULTS)
+        if args.forget_bias:
+            open_forget_gates(model.lstm, args.forget_bias)
+        self.model, self.optimizer, self.warp = model, optimizer, args.augment
         self.autocast = precision.autocast if precision else contextlib.nullcontext()
         self.scaler = precision.scaler if precision else torch.amp.GradScaler(enabled=False)
-        self.scheduler, self.ema = scheduler, ema  # --one-cycle's OneCycleLR; --ema's AveragedModel
-        self.label_smoothing = label_smoothing
-        self.step_changed = bool(scheduler or ema or self.scaler.is_enabled())
+        # --one-cycle's OneCycleLR; --ema's AveragedModel
+        self.scheduler = make_scheduler(optimizer, args.lr, args.epochs, steps_per_epoch) if args.one_cycle else None
+        self.ema = make_ema(model, args.ema) if args.ema else None
+        self.label_smoothing = args.label_smoothing
+        self.step_changed = bool(self.scheduler or self.ema or self.scaler.is_enabled())
 
     def augment(self, images):
         return random_warp(images) if self.warp else images
@@ -1750,15 +1754,6 @@ class Levers:
             self.scheduler.step()
         if self.ema:
             self.ema.update_parameters(self.model)
-
-
-def make_levers(model, optimizer, args, steps_per_epoch, precision):
-    """The Levers that args ask for; with the tutorial's flags, the plain step (and --amp's autocast)."""
-    if args.forget_bias:
-        open_forget_gates(model.lstm, args.forget_bias)
-    scheduler = make_scheduler(optimizer, args.lr, args.epochs, steps_per_epoch) if args.one_cycle else None
-    ema = make_ema(model, args.ema) if args.ema else None
-    return Levers(model, optimizer, args.augment, precision, scheduler, ema, args.label_smoothing)
 
 
 def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
@@ -2486,8 +2481,7 @@ def last_line(err):
 
 def start_run(model, optimizer, loaders, args, precision):
     """The RunState of this run, with the levers its flags ask for; --resume / --eval-only reload it."""
-    levers = make_levers(model, optimizer, args, len(loaders["train"]), precision)
-    run = RunState(model, optimizer, levers, loaders, args)
+    run = RunState(model, optimizer, Levers(model, optimizer, args, len(loaders["train"]), precision), loaders, args)
     if args.resume or args.eval_only:
         restore(run, args)
     return run

@@ -138,10 +138,10 @@ def test_a_scaler_changes_the_scale_not_the_training(tiny_data):
         torch.manual_seed(0)
         model = lstm_mnist.RNN(28, 16, 2, 10)
         criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, 1e-3)
-        scheduler = lstm_mnist.make_scheduler(optimizer, 1e-3, 1, 3)  # --one-cycle: clips the gradients
         loader = lstm_mnist.make_loader(images, labels, 50, shuffle=False, max_batches=3)
         precision = lstm_mnist.Precision(lstm_mnist.contextlib.nullcontext(), scaler, None, None)
-        levers = lstm_mnist.Levers(model, optimizer, precision=precision, scheduler=scheduler)
+        one_cycle = lstm_mnist.parse_args(["--one-cycle", "--epochs", "1"])  # clips the gradients
+        levers = lstm_mnist.Levers(model, optimizer, one_cycle, 3, precision)
         lstm_mnist.train_one_epoch(model, loader, criterion, optimizer, levers)
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

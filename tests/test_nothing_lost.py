@@ -472,7 +472,7 @@ def test_one_cycle_clips_the_gradients():
     torch.manual_seed(0)
     model = lstm_mnist.RNN(28, 8, 1, 10)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    levers = lstm_mnist.Levers(model, optimizer, scheduler=lstm_mnist.make_scheduler(optimizer, 1e-3, 1, 10))
+    levers = lstm_mnist.Levers(model, optimizer, lstm_mnist.parse_args(["--one-cycle", "--epochs", "1"]), 10)
     loss = torch.nn.functional.cross_entropy(model(torch.rand(4, 28, 28)), torch.tensor([1, 2, 3, 4])) * 1e4
     optimizer.zero_grad()
     levers.step(loss)
