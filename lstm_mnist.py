@@ -1817,7 +1817,17 @@ def amp_context(device, amp):
     if not amp:
         return Precision(contextlib.nullcontext(), no_scaling, None, None)
     if device.type == "cuda":
-        return cuda_amp(device)
+        # NVIDIA GPUs: bfloat16 where the GPU computes in it (compute capability 8.0 and newer), else float16,
+        # whose narrow range needs the loss scaled.
+        dtype = torch.bfloat16 if cuda_has_native_bf16() else torch.float16
+        autocast = torch.autocast("cuda", dtype=dtype)
+        # PyTorch's autocast runs cuDNN's LSTM in float16 whatever dtype it was asked for (README), so ask the
+        # device what the LSTM really computes in, and scale the gradients whenever anything runs in float16.
+        lstm_dtype = lstm_dtype_under(autocast, device)
+        scaled = torch.float16 in (dtype, lstm_dtype)
+        label = (f"autocast {dtype_name(dtype)}" + (" with gradient scaling" if scaled else "")
+                 + f"; the LSTM runs in {dtype_name(lstm_dtype)}")
+        return Precision(autocast, torch.amp.GradScaler("cuda", enabled=scaled), label, None)
     if device.type == "cpu" and cpu_has("_is_avx512_bf16_supported"):
         note = None if cpu_has("_is_amx_tile_supported") else (  # README: slower on one such Xeon, faster on one EPYC
             "--amp: this CPU has bfloat16 instructions but no AMX units; whether bfloat16 trains "
@@ -1826,20 +1836,6 @@ def amp_context(device, amp):
         return Precision(torch.autocast("cpu", dtype=torch.bfloat16), no_scaling, "bfloat16 autocast", note)
     return Precision(contextlib.nullcontext(), no_scaling, None,
                      f"--amp: no bfloat16 support on {device.type} here; training in float32")
-
-
-def cuda_amp(device):
-    """--amp on an NVIDIA GPU: bfloat16 where the GPU computes in it (compute capability 8.0 and newer),
-    else float16, whose narrow range needs the loss scaled."""
-    dtype = torch.bfloat16 if cuda_has_native_bf16() else torch.float16
-    autocast = torch.autocast("cuda", dtype=dtype)
-    # PyTorch's autocast runs cuDNN's LSTM in float16 whatever dtype it was asked for (README), so ask the device
-    # what the LSTM really computes in, and scale the gradients whenever anything runs in float16.
-    lstm_dtype = lstm_dtype_under(autocast, device)
-    scaled = torch.float16 in (dtype, lstm_dtype)
-    label = (f"autocast {dtype_name(dtype)}" + (" with gradient scaling" if scaled else "")
-             + f"; the LSTM runs in {dtype_name(lstm_dtype)}")
-    return Precision(autocast, torch.amp.GradScaler("cuda", enabled=scaled), label, None)
 
 
 def cuda_has_native_bf16():

@@ -73,8 +73,8 @@ def test_a_torch_without_the_including_emulation_keyword_asks_the_compute_capabi
 
 
 def test_the_source_asks_for_native_bf16_before_choosing_bf16_on_cuda():
-    cuda_amp = SOURCE.split("def cuda_amp(", 1)[1].split("\ndef ", 1)[0]
-    assert "cuda_has_native_bf16()" in cuda_amp
+    amp_context = SOURCE.split("def amp_context(", 1)[1].split("\ndef ", 1)[0]
+    assert "cuda_has_native_bf16()" in amp_context
     assert "torch.cuda.is_bf16_supported(including_emulation=False)" in SOURCE
     assert "is_bf16_supported()" not in SOURCE  # the emulation-counting question is never asked
 
