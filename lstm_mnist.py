@@ -2167,7 +2167,9 @@ class RunState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler else None,
             "scaler": self.levers.scaler.state_dict(),  # float16 --amp's loss scale ({} when off)
-            "rng": random_state(self.generator, self.device),  # what the next epoch draws from: a resume repeats it
+            # What the next epoch draws from (on a GPU, the run's GPU's state too): a resume repeats it.
+            "rng": {"torch": torch.get_rng_state(), "data_order": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             # The run folder's record (see PAIRS); RNN.pth follows a finished one, read_pair checks that it did.
             "run": {"id": self.run_id, "finished": self.epoch >= self.settings["epochs"]},
         }
@@ -2346,12 +2348,6 @@ def write_failure(err, path):
     except ImportError:
         pass
     return last_line(err)
-
-
-def random_state(generator, device):
-    """Everything random the next epoch draws from (on a GPU, the run's GPU's state too)."""
-    return {"torch": torch.get_rng_state(), "data_order": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def load_checkpoint(path, args, checkpoint=None):

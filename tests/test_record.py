@@ -358,11 +358,14 @@ def test_a_cpu_run_never_touches_the_cuda_random_state(monkeypatch):
     def no_cuda(*args, **kwargs):
         raise AssertionError("CUDA touched")
 
+    model = lstm_mnist.RNN(28, 8, 1, 10)
+    loaders = {"generator": torch.Generator(), "train": [None] * 8}  # what RunState reads of the loaders
+    args = lstm_mnist.parse_args(["--hidden-dim", "8", "--n-layer", "1"])
+    run = lstm_mnist.RunState(model, torch.optim.Adam(model.parameters()), lstm_mnist.Levers(), loaders, args)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", no_cuda)
     monkeypatch.setattr(torch.cuda, "get_rng_state", no_cuda)
-    state = lstm_mnist.random_state(torch.Generator(), torch.device("cpu"))
-    assert state["cuda"] is None
+    assert run.state_dict()["rng"]["cuda"] is None
 
 
 def test_a_step_the_loss_scaler_skips_leaves_the_schedule_and_the_average_alone():
