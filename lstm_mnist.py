@@ -2522,20 +2522,16 @@ def explain_interrupt(run, argv, ctrl_c):
     try:
         yield
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(interrupt_message(run.saved_epoch, path, argv)) from None
+        if run.saved_epoch == 0:
+            raise KeyboardInterrupt("interrupted during the first epoch; nothing was saved") from None
+        resume = shell_command(argv if "--resume" in argv else [*argv, "--resume"])
+        raise KeyboardInterrupt(f"interrupted during epoch {run.saved_epoch + 1}; {path} holds epoch "
+                                f"{run.saved_epoch} intact; continue with: {resume}") from None
     rest = [arg for arg in argv if arg != "--resume"]  # --compare-cells: --resume finishes every cell
     finish = shell_command([*rest, "--resume" if "--compare-cells" in argv else "--eval-only"])
     every = "all " if run.epoch > 1 else ""
     ctrl_c["note"] = (f"interrupted after training: {path} holds {every}{epochs_of({'epoch': run.epoch})}; "
                       f"finish the final test and the figures with: {finish}")
-
-
-def interrupt_message(epochs_done, path, argv):
-    if epochs_done == 0:
-        return "interrupted during the first epoch; nothing was saved"
-    resume_hint = shell_command(argv if "--resume" in argv else [*argv, "--resume"])
-    return (f"interrupted during epoch {epochs_done + 1}; {path} holds epoch {epochs_done} intact; "
-            f"continue with: {resume_hint}")
 
 
 def shell_command(argv):

@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -400,12 +401,20 @@ def test_ctrl_c_after_training_says_how_to_finish_with_eval_only(step, run_main,
     assert "epoch " not in capsys.readouterr().out
 
 
+def resume_command(argv):
+    """What Ctrl-C in the second epoch prints after "continue with: "."""
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        with lstm_mnist.explain_interrupt(types.SimpleNamespace(out_dir="out", saved_epoch=1), argv, {}):
+            raise KeyboardInterrupt
+    return str(interrupt.value).split("continue with: ")[1]
+
+
 def test_the_resume_command_runs_from_any_folder_on_this_system(monkeypatch):
     args = ["--out-dir", "my runs/one", "--epochs", "3"]
-    posix = lstm_mnist.interrupt_message(1, "c.pt", args).split("continue with: ")[1]
+    posix = resume_command(args)
     assert shlex.split(posix) == [sys.executable, str(SCRIPT.resolve()), *args, "--resume"]
     monkeypatch.setattr(sys, "platform", "win32")  # Windows: cmd's quoting, not the shell's
-    windows = lstm_mnist.interrupt_message(1, "c.pt", args).split("continue with: ")[1]
+    windows = resume_command(args)
     assert windows == subprocess.list2cmdline([sys.executable, str(SCRIPT.resolve()), *args, "--resume"])
     assert '"my runs/one"' in windows and "'" not in windows
 
