@@ -1977,7 +1977,11 @@ def prepare_run(args, device, argv=()):
     precision = amp_context(device, args.amp)
     print(f"device: {device}" + (f" ({precision.label})" if precision.label else ""))
     hint = cuda_hint() if args.device == "auto" and device.type == "cpu" else None  # a GPU left unused: say why
-    for line in [hint, precision.note, *mps_warnings(device, args)]:
+    notes = [hint, precision.note]
+    if device.type == "mps" and args.n_layer >= 2 and args.dropout > 0:  # a known nn.LSTM bug (README: "Apple GPUs")
+        notes.append("warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
+                     "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0")
+    for line in notes:
         if line:
             print(line)
     print("config: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
@@ -1989,14 +1993,6 @@ def prepare_run(args, device, argv=()):
         raise RunError(f"cannot write to --out-dir {args.out_dir}: {err.strerror or err}") from None
     keep_cpu_buffers()
     return precision
-
-
-def mps_warnings(device, args):
-    """One line for each known nn.LSTM bug on Apple's GPUs (MPS) this run meets (README: "Apple GPUs")."""
-    if device.type != "mps" or args.n_layer < 2 or args.dropout <= 0:
-        return []
-    return ["warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
-            "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0"]
 
 
 # --- A CPU-only PyTorch on a machine with an NVIDIA GPU ---------------------------------

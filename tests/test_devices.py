@@ -180,8 +180,9 @@ def test_checkpoints_without_amp_record_the_scaler_as_off(shared_run):
     ("cpu", ["--dropout", "0.2"], False),
     ("cuda", ["--dropout", "0.2"], False),
 ])
-def test_the_mps_warning_names_the_lstm_dropout_bugs_where_they_apply(device, flags, warned):
-    lines = lstm_mnist.mps_warnings(torch.device(device), lstm_mnist.parse_args(flags))
+def test_the_mps_warning_names_the_lstm_dropout_bugs_where_they_apply(device, flags, warned, tmp_path, capsys):
+    lstm_mnist.prepare_run(lstm_mnist.parse_args([*flags, "--out-dir", str(tmp_path)]), torch.device(device))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
     assert len(lines) == int(warned)
     if warned:
         assert lines[0].startswith("warning: ") and "#180744" in lines[0] and "--device cpu" in lines[0]
