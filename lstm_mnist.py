@@ -1724,9 +1724,11 @@ class Levers:
         self.model, self.optimizer, self.warp = model, optimizer, args.augment
         self.autocast = precision.autocast if precision else contextlib.nullcontext()
         self.scaler = precision.scaler if precision else torch.amp.GradScaler(enabled=False)
-        # --one-cycle's OneCycleLR; --ema's AveragedModel
-        self.scheduler = make_scheduler(optimizer, args.lr, args.epochs, steps_per_epoch) if args.one_cycle else None
-        self.ema = make_ema(model, args.ema) if args.ema else None
+        # --one-cycle: PyTorch's OneCycleLR warms the rate up to ONE_CYCLE_PEAK * lr, then anneals it to ~0 (README).
+        # Warming up lets a 5x higher rate be used; annealing lets the weights settle.
+        self.scheduler = None if not args.one_cycle else torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=ONE_CYCLE_PEAK * args.lr, total_steps=args.epochs * steps_per_epoch)
+        self.ema = make_ema(model, args.ema) if args.ema else None  # --ema's AveragedModel
         self.label_smoothing = args.label_smoothing
         self.step_changed = bool(self.scheduler or self.ema or self.scaler.is_enabled())
 
@@ -1754,13 +1756,6 @@ class Levers:
             self.scheduler.step()
         if self.ema:
             self.ema.update_parameters(self.model)
-
-
-def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
-    """--one-cycle: PyTorch's OneCycleLR warms the rate up to ONE_CYCLE_PEAK * lr, then anneals it to ~0 (README).
-    Warming up lets a 5x higher rate be used; annealing lets the weights settle."""
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=ONE_CYCLE_PEAK * lr,
-                                               total_steps=epochs * steps_per_epoch)
 
 
 def make_ema(model, decay):
