@@ -1704,17 +1704,23 @@ AUGMENT_SCALE = 0.1  # ...and scale it by up to this fraction, each image at ran
 
 
 class Levers:
-    """The opt-in changes to training, which train_one_epoch hooks in (augment, autocast, step);
-    `Levers()` is none of them: the tutorial's step."""
+    """The opt-in changes to training that `args` ask for, which train_one_epoch hooks in (augment, autocast,
+    step); `Levers()`, or the tutorial's flags, is none of them: the tutorial's step (and --amp's autocast)."""
 
-    def __init__(self, model=None, optimizer=None, augment=False, precision=None, scheduler=None, ema=None,
-                 label_smoothing=0.0):
-        self.model, self.optimizer, self.warp = model, optimizer, augment
+    def __init__(self, model=None, optimizer=None, args=None, steps_per_epoch=None, precision=None):
+        args = args or argparse.Namespace(**BEYOND_DEFAULTS)
+        if args.forget_bias:
+            open_forget_gates(model.lstm, args.forget_bias)
+        self.model, self.optimizer, self.warp = model, optimizer, args.augment
         self.autocast = precision.autocast if precision else contextlib.nullcontext()
         self.scaler = precision.scaler if precision else torch.amp.GradScaler(enabled=False)
-        self.scheduler, self.ema = scheduler, ema  # --one-cycle's OneCycleLR; --ema's AveragedModel
-        self.label_smoothing = label_smoothing
-        self.step_changed = bool(scheduler or ema or self.scaler.is_enabled())
+        # --one-cycle: PyTorch's OneCycleLR warms the rate up to ONE_CYCLE_PEAK * lr, then anneals it to ~0 (README).
+        # Warming up lets a 5x higher rate be used; annealing lets the weights settle.
+        self.scheduler = None if not args.one_cycle else torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=ONE_CYCLE_PEAK * args.lr, total_steps=args.epochs * steps_per_epoch)
+        self.ema = make_ema(model, args.ema) if args.ema else None  # --ema's AveragedModel
+        self.label_smoothing = args.label_smoothing
+        self.step_changed = bool(self.scheduler or self.ema or self.scaler.is_enabled())
 
     def augment(self, images):
         return random_warp(images) if self.warp else images
@@ -1740,22 +1746,6 @@ class Levers:
             self.scheduler.step()
         if self.ema:
             self.ema.update_parameters(self.model)
-
-
-def make_levers(model, optimizer, args, steps_per_epoch, precision):
-    """The Levers that args ask for; with the tutorial's flags, the plain step (and --amp's autocast)."""
-    if args.forget_bias:
-        open_forget_gates(model.lstm, args.forget_bias)
-    scheduler = make_scheduler(optimizer, args.lr, args.epochs, steps_per_epoch) if args.one_cycle else None
-    ema = make_ema(model, args.ema) if args.ema else None
-    return Levers(model, optimizer, args.augment, precision, scheduler, ema, args.label_smoothing)
-
-
-def make_scheduler(optimizer, lr, epochs, steps_per_epoch):
-    """--one-cycle: PyTorch's OneCycleLR warms the rate up to ONE_CYCLE_PEAK * lr, then anneals it to ~0 (README).
-    Warming up lets a 5x higher rate be used; annealing lets the weights settle."""
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=ONE_CYCLE_PEAK * lr,
-                                               total_steps=epochs * steps_per_epoch)
 
 
 def make_ema(model, decay):
@@ -1812,7 +1802,17 @@ def amp_context(device, amp):
     if not amp:
         return Precision(contextlib.nullcontext(), no_scaling, None, None)
     if device.type == "cuda":
-        return cuda_amp(device)
+        # NVIDIA GPUs: bfloat16 where the GPU computes in it (compute capability 8.0 and newer), else float16,
+        # whose narrow range needs the loss scaled.
+        dtype = torch.bfloat16 if cuda_has_native_bf16() else torch.float16
+        autocast = torch.autocast("cuda", dtype=dtype)
+        # PyTorch's autocast runs cuDNN's LSTM in float16 whatever dtype it was asked for (README), so ask the
+        # device what the LSTM really computes in, and scale the gradients whenever anything runs in float16.
+        lstm_dtype = lstm_dtype_under(autocast, device)
+        scaled = torch.float16 in (dtype, lstm_dtype)
+        label = (f"autocast {dtype_name(dtype)}" + (" with gradient scaling" if scaled else "")
+                 + f"; the LSTM runs in {dtype_name(lstm_dtype)}")
+        return Precision(autocast, torch.amp.GradScaler("cuda", enabled=scaled), label, None)
     if device.type == "cpu" and cpu_has("_is_avx512_bf16_supported"):
         note = None if cpu_has("_is_amx_tile_supported") else (  # README: slower on one such Xeon, faster on one EPYC
             "--amp: this CPU has bfloat16 instructions but no AMX units; whether bfloat16 trains "
@@ -1821,20 +1821,6 @@ def amp_context(device, amp):
         return Precision(torch.autocast("cpu", dtype=torch.bfloat16), no_scaling, "bfloat16 autocast", note)
     return Precision(contextlib.nullcontext(), no_scaling, None,
                      f"--amp: no bfloat16 support on {device.type} here; training in float32")
-
-
-def cuda_amp(device):
-    """--amp on an NVIDIA GPU: bfloat16 where the GPU computes in it (compute capability 8.0 and newer),
-    else float16, whose narrow range needs the loss scaled."""
-    dtype = torch.bfloat16 if cuda_has_native_bf16() else torch.float16
-    autocast = torch.autocast("cuda", dtype=dtype)
-    # PyTorch's autocast runs cuDNN's LSTM in float16 whatever dtype it was asked for (README), so ask the device
-    # what the LSTM really computes in, and scale the gradients whenever anything runs in float16.
-    lstm_dtype = lstm_dtype_under(autocast, device)
-    scaled = torch.float16 in (dtype, lstm_dtype)
-    label = (f"autocast {dtype_name(dtype)}" + (" with gradient scaling" if scaled else "")
-             + f"; the LSTM runs in {dtype_name(lstm_dtype)}")
-    return Precision(autocast, torch.amp.GradScaler("cuda", enabled=scaled), label, None)
 
 
 def cuda_has_native_bf16():
@@ -1976,7 +1962,11 @@ def prepare_run(args, device, argv=()):
     precision = amp_context(device, args.amp)
     print(f"device: {device}" + (f" ({precision.label})" if precision.label else ""))
     hint = cuda_hint() if args.device == "auto" and device.type == "cpu" else None  # a GPU left unused: say why
-    for line in [hint, precision.note, *mps_warnings(device, args)]:
+    notes = [hint, precision.note]
+    if device.type == "mps" and args.n_layer >= 2 and args.dropout > 0:  # a known nn.LSTM bug (README: "Apple GPUs")
+        notes.append("warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
+                     "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0")
+    for line in notes:
         if line:
             print(line)
     print("config: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
@@ -1988,14 +1978,6 @@ def prepare_run(args, device, argv=()):
         raise RunError(f"cannot write to --out-dir {args.out_dir}: {err.strerror or err}") from None
     keep_cpu_buffers()
     return precision
-
-
-def mps_warnings(device, args):
-    """One line for each known nn.LSTM bug on Apple's GPUs (MPS) this run meets (README: "Apple GPUs")."""
-    if device.type != "mps" or args.n_layer < 2 or args.dropout <= 0:
-        return []
-    return ["warning: nn.LSTM's dropout between layers gives silently wrong results on MPS "
-            "(pytorch/pytorch #180744, #190056); for numbers you can trust use --device cpu or --dropout 0"]
 
 
 # --- A CPU-only PyTorch on a machine with an NVIDIA GPU ---------------------------------
@@ -2166,7 +2148,9 @@ class RunState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler else None,
             "scaler": self.levers.scaler.state_dict(),  # float16 --amp's loss scale ({} when off)
-            "rng": random_state(self.generator, self.device),  # what the next epoch draws from: a resume repeats it
+            # What the next epoch draws from (on a GPU, the run's GPU's state too): a resume repeats it.
+            "rng": {"torch": torch.get_rng_state(), "data_order": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             # The run folder's record (see PAIRS); RNN.pth follows a finished one, read_pair checks that it did.
             "run": {"id": self.run_id, "finished": self.epoch >= self.settings["epochs"]},
         }
@@ -2347,12 +2331,6 @@ def write_failure(err, path):
     return last_line(err)
 
 
-def random_state(generator, device):
-    """Everything random the next epoch draws from (on a GPU, the run's GPU's state too)."""
-    return {"torch": torch.get_rng_state(), "data_order": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
 def load_checkpoint(path, args, checkpoint=None):
     """The checkpoint at `path` as a dict (`checkpoint`: already read from it), after checking that this
     script wrote it for this data set."""
@@ -2476,8 +2454,7 @@ def last_line(err):
 
 def start_run(model, optimizer, loaders, args, precision):
     """The RunState of this run, with the levers its flags ask for; --resume / --eval-only reload it."""
-    levers = make_levers(model, optimizer, args, len(loaders["train"]), precision)
-    run = RunState(model, optimizer, levers, loaders, args)
+    run = RunState(model, optimizer, Levers(model, optimizer, args, len(loaders["train"]), precision), loaders, args)
     if args.resume or args.eval_only:
         restore(run, args)
     return run
@@ -2526,20 +2503,16 @@ def explain_interrupt(run, argv, ctrl_c):
     try:
         yield
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(interrupt_message(run.saved_epoch, path, argv)) from None
+        if run.saved_epoch == 0:
+            raise KeyboardInterrupt("interrupted during the first epoch; nothing was saved") from None
+        resume = shell_command(argv if "--resume" in argv else [*argv, "--resume"])
+        raise KeyboardInterrupt(f"interrupted during epoch {run.saved_epoch + 1}; {path} holds epoch "
+                                f"{run.saved_epoch} intact; continue with: {resume}") from None
     rest = [arg for arg in argv if arg != "--resume"]  # --compare-cells: --resume finishes every cell
     finish = shell_command([*rest, "--resume" if "--compare-cells" in argv else "--eval-only"])
     every = "all " if run.epoch > 1 else ""
     ctrl_c["note"] = (f"interrupted after training: {path} holds {every}{epochs_of({'epoch': run.epoch})}; "
                       f"finish the final test and the figures with: {finish}")
-
-
-def interrupt_message(epochs_done, path, argv):
-    if epochs_done == 0:
-        return "interrupted during the first epoch; nothing was saved"
-    resume_hint = shell_command(argv if "--resume" in argv else [*argv, "--resume"])
-    return (f"interrupted during epoch {epochs_done + 1}; {path} holds epoch {epochs_done} intact; "
-            f"continue with: {resume_hint}")
 
 
 def shell_command(argv):

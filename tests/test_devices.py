@@ -73,8 +73,8 @@ def test_a_torch_without_the_including_emulation_keyword_asks_the_compute_capabi
 
 
 def test_the_source_asks_for_native_bf16_before_choosing_bf16_on_cuda():
-    cuda_amp = SOURCE.split("def cuda_amp(", 1)[1].split("\ndef ", 1)[0]
-    assert "cuda_has_native_bf16()" in cuda_amp
+    amp_context = SOURCE.split("def amp_context(", 1)[1].split("\ndef ", 1)[0]
+    assert "cuda_has_native_bf16()" in amp_context
     assert "torch.cuda.is_bf16_supported(including_emulation=False)" in SOURCE
     assert "is_bf16_supported()" not in SOURCE  # the emulation-counting question is never asked
 
@@ -138,10 +138,10 @@ def test_a_scaler_changes_the_scale_not_the_training(tiny_data):
         torch.manual_seed(0)
         model = lstm_mnist.RNN(28, 16, 2, 10)
         criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, 1e-3)
-        scheduler = lstm_mnist.make_scheduler(optimizer, 1e-3, 1, 3)  # --one-cycle: clips the gradients
         loader = lstm_mnist.make_loader(images, labels, 50, shuffle=False, max_batches=3)
         precision = lstm_mnist.Precision(lstm_mnist.contextlib.nullcontext(), scaler, None, None)
-        levers = lstm_mnist.Levers(model, optimizer, precision=precision, scheduler=scheduler)
+        one_cycle = lstm_mnist.parse_args(["--one-cycle", "--epochs", "1"])  # clips the gradients
+        levers = lstm_mnist.Levers(model, optimizer, one_cycle, 3, precision)
         lstm_mnist.train_one_epoch(model, loader, criterion, optimizer, levers)
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
@@ -180,8 +180,9 @@ def test_checkpoints_without_amp_record_the_scaler_as_off(shared_run):
     ("cpu", ["--dropout", "0.2"], False),
     ("cuda", ["--dropout", "0.2"], False),
 ])
-def test_the_mps_warning_names_the_lstm_dropout_bugs_where_they_apply(device, flags, warned):
-    lines = lstm_mnist.mps_warnings(torch.device(device), lstm_mnist.parse_args(flags))
+def test_the_mps_warning_names_the_lstm_dropout_bugs_where_they_apply(device, flags, warned, tmp_path, capsys):
+    lstm_mnist.prepare_run(lstm_mnist.parse_args([*flags, "--out-dir", str(tmp_path)]), torch.device(device))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
     assert len(lines) == int(warned)
     if warned:
         assert lines[0].startswith("warning: ") and "#180744" in lines[0] and "--device cpu" in lines[0]

@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -400,12 +401,20 @@ def test_ctrl_c_after_training_says_how_to_finish_with_eval_only(step, run_main,
     assert "epoch " not in capsys.readouterr().out
 
 
+def resume_command(argv):
+    """What Ctrl-C in the second epoch prints after "continue with: "."""
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        with lstm_mnist.explain_interrupt(types.SimpleNamespace(out_dir="out", saved_epoch=1), argv, {}):
+            raise KeyboardInterrupt
+    return str(interrupt.value).split("continue with: ")[1]
+
+
 def test_the_resume_command_runs_from_any_folder_on_this_system(monkeypatch):
     args = ["--out-dir", "my runs/one", "--epochs", "3"]
-    posix = lstm_mnist.interrupt_message(1, "c.pt", args).split("continue with: ")[1]
+    posix = resume_command(args)
     assert shlex.split(posix) == [sys.executable, str(SCRIPT.resolve()), *args, "--resume"]
     monkeypatch.setattr(sys, "platform", "win32")  # Windows: cmd's quoting, not the shell's
-    windows = lstm_mnist.interrupt_message(1, "c.pt", args).split("continue with: ")[1]
+    windows = resume_command(args)
     assert windows == subprocess.list2cmdline([sys.executable, str(SCRIPT.resolve()), *args, "--resume"])
     assert '"my runs/one"' in windows and "'" not in windows
 
@@ -472,7 +481,7 @@ def test_one_cycle_clips_the_gradients():
     torch.manual_seed(0)
     model = lstm_mnist.RNN(28, 8, 1, 10)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    levers = lstm_mnist.Levers(model, optimizer, scheduler=lstm_mnist.make_scheduler(optimizer, 1e-3, 1, 10))
+    levers = lstm_mnist.Levers(model, optimizer, lstm_mnist.parse_args(["--one-cycle", "--epochs", "1"]), 10)
     loss = torch.nn.functional.cross_entropy(model(torch.rand(4, 28, 28)), torch.tensor([1, 2, 3, 4])) * 1e4
     optimizer.zero_grad()
     levers.step(loss)

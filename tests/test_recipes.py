@@ -61,7 +61,8 @@ def test_augmentation_is_used_in_training_only(tiny_data, monkeypatch):
     loader = lstm_mnist.make_loader(images, labels, 50, shuffle=False, max_batches=3)
     model = lstm_mnist.RNN(28, 16, 2, 10)
     criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, 1e-3)
-    lstm_mnist.train_one_epoch(model, loader, criterion, optimizer, lstm_mnist.Levers(augment=True))
+    augment = lstm_mnist.Levers(args=lstm_mnist.parse_args(["--augment"]))
+    lstm_mnist.train_one_epoch(model, loader, criterion, optimizer, augment)
     assert calls == [50, 50, 50]
     lstm_mnist.evaluate(model, loader, criterion)
     assert calls == [50, 50, 50]  # the test set is never warped
@@ -72,7 +73,8 @@ def test_weight_decay_builds_adamw_and_label_smoothing_only_trains_on_a_smoothed
     criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, 1e-3, weight_decay=0.05)
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.05
     assert criterion.label_smoothing == 0.0  # what every test and validation loss is measured with
-    assert lstm_mnist.Levers(label_smoothing=0.1).train_criterion(criterion).label_smoothing == 0.1
+    smoothed = lstm_mnist.Levers(args=lstm_mnist.parse_args(["--label-smoothing", "0.1"]))
+    assert smoothed.train_criterion(criterion).label_smoothing == 0.1
     assert lstm_mnist.Levers().train_criterion(criterion) is criterion
     criterion, optimizer = lstm_mnist.make_criterion_and_optimizer(model, 1e-3)
     assert type(optimizer) is torch.optim.Adam and criterion.label_smoothing == 0.0  # the tutorial's

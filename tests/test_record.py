@@ -358,22 +358,24 @@ def test_a_cpu_run_never_touches_the_cuda_random_state(monkeypatch):
     def no_cuda(*args, **kwargs):
         raise AssertionError("CUDA touched")
 
+    model = lstm_mnist.RNN(28, 8, 1, 10)
+    loaders = {"generator": torch.Generator(), "train": [None] * 8}  # what RunState reads of the loaders
+    args = lstm_mnist.parse_args(["--hidden-dim", "8", "--n-layer", "1"])
+    run = lstm_mnist.RunState(model, torch.optim.Adam(model.parameters()), lstm_mnist.Levers(), loaders, args)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", no_cuda)
     monkeypatch.setattr(torch.cuda, "get_rng_state", no_cuda)
-    state = lstm_mnist.random_state(torch.Generator(), torch.device("cpu"))
-    assert state["cuda"] is None
+    assert run.state_dict()["rng"]["cuda"] is None
 
 
 def test_a_step_the_loss_scaler_skips_leaves_the_schedule_and_the_average_alone():
     torch.manual_seed(0)
     model = lstm_mnist.RNN(28, 8, 1, 10)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    scheduler = lstm_mnist.make_scheduler(optimizer, 1e-3, 1, 10)
-    ema = lstm_mnist.make_ema(model, 0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # overflows: the step is skipped
-    levers = lstm_mnist.Levers(model, optimizer, precision=lstm_mnist.Precision(None, scaler, None, None),
-                               scheduler=scheduler, ema=ema)
+    args = lstm_mnist.parse_args(["--one-cycle", "--epochs", "1", "--ema", "0.9"])
+    levers = lstm_mnist.Levers(model, optimizer, args, 10, lstm_mnist.Precision(None, scaler, None, None))
+    scheduler, ema = levers.scheduler, levers.ema
     before = {name: value.clone() for name, value in model.state_dict().items()}
     loss = torch.nn.functional.cross_entropy(model(torch.rand(4, 28, 28)), torch.tensor([1, 2, 3, 4])) * 1e10
     optimizer.zero_grad()
