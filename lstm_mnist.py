@@ -1989,7 +1989,7 @@ NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0")  # Linux's
 def cuda_hint(driver_files=NVIDIA_DRIVER_FILES):
     """Why a machine with an NVIDIA GPU trains on the CPU, in one line; None where there is no sign of one.
     Cheap checks only: nvidia-smi on the PATH or the Linux driver's files, and torch.version.cuda."""
-    import shutil  # only this check needs it
+    import shutil  # only some runs need it
     try:
         has_gpu = shutil.which("nvidia-smi") is not None or any(os.path.exists(f) for f in driver_files)
     except (OSError, ValueError):  # an unreadable PATH entry: no hint rather than a traceback
