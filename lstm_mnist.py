@@ -978,7 +978,7 @@ def compare_cells(args, argv, ctrl_c):
           f" each; about {training_minutes(args, device) * len(seeds):.0f} min on "
           f"this {device.type.upper()} (a few steps timed)")
     n_test = args.max_batches * args.batch_size if args.max_batches else None  # as load_data slices the test set
-    images, labels = (split[:n_test].to(device) for split in load_split(args.data_dir, args.dataset, train=False))
+    images, labels = (tensor[:n_test].to(device) for tensor in load_split(args.data_dir, args.dataset, train=False))
     results = {cell: [] for cell in CELLS}
     for k, (seed, cell) in enumerate(plan, 1):
         out_dir = Path(args.out_dir) / (cell if len(seeds) == 1 else f"{cell}-seed{seed}")
