@@ -2454,7 +2454,8 @@ def last_line(err):
 
 def start_run(model, optimizer, loaders, args, precision):
     """The RunState of this run, with the levers its flags ask for; --resume / --eval-only reload it."""
-    run = RunState(model, optimizer, Levers(model, optimizer, args, len(loaders["train"]), precision), loaders, args)
+    levers = Levers(model, optimizer, args, len(loaders["train"]), precision)
+    run = RunState(model, optimizer, levers, loaders, args)
     if args.resume or args.eval_only:
         restore(run, args)
     return run
